@@ -1,0 +1,35 @@
+//! Herald sends scheduled notifications stored in a MySQL table.
+//!
+//! Any number of identical worker processes poll the table; a Redlock per
+//! notification (or per user) decides which instance sends what, and a fenced
+//! claim in MySQL makes that decision safe even when Redis forgets a key or a
+//! process stalls past its lock. See `DESIGN.md` in the shared notes and the
+//! README for the delivery protocol.
+//!
+//! # Module tour
+//!
+//! * [`config`] — every setting, as CLI flags with `HERALD_*` environment
+//!   equivalents, validated at start-up.
+//! * [`secret`] — URLs whose passwords never reach logs or `Debug` output.
+//! * [`notification`] — the row model, statuses and input validation for
+//!   enqueue.
+//! * [`store`] — everything that talks to MySQL: migrations, enqueue, the
+//!   candidate/claim/finish queries of the delivery protocol, status counts
+//!   and pruning.
+//! * [`lock`] — our own Redlock over 1..N Redis masters: single and batched
+//!   acquire, extend, release, watchdog, once-per-window keys, health probe.
+//! * [`transport`] — delivers one notification (webhook, log, file) and says
+//!   whether a failure is transient or permanent.
+//! * [`worker`] — the poll → lock → claim → send → finish → release loop.
+//! * [`telemetry`] — tracing subscriber set-up (text or JSON).
+//! * [`cli`] — the `herald` command line; `main.rs` only calls into it.
+
+pub mod cli;
+pub mod config;
+pub mod lock;
+pub mod notification;
+pub mod secret;
+pub mod store;
+pub mod telemetry;
+pub mod transport;
+pub mod worker;
