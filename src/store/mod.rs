@@ -1,1 +1,94 @@
-//! TODO
+//! Everything that talks to MySQL.
+//!
+//! MySQL is Herald's correctness layer: Redis locks only decide who *tries*
+//! to send a row, the fenced `UPDATE`s in [`claim`] decide who *may*. Each
+//! submodule owns one group of statements:
+//!
+//! * [`migrate`] — creates the database and applies the embedded migrations.
+//! * [`enqueue`] — validated, batched, idempotent inserts.
+//! * [`claim`] — the candidate, claim, finish and hand-back statements of the
+//!   delivery protocol.
+//! * [`status`] — counts by status, backlog and lag.
+//! * [`prune`] — the cleanup task's gated, batched deletes.
+//!
+//! All time comparisons use the database clock (`UTC_TIMESTAMP(6)`), so
+//! instances whose clocks drift still agree on when a lease expired.
+
+pub mod claim;
+pub mod enqueue;
+pub mod migrate;
+pub mod prune;
+pub mod status;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+
+use crate::secret::SecretUrl;
+
+/// A handle on the notifications table; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: MySqlPool,
+}
+
+impl Store {
+    /// Connects a pool. The URL's password never appears in the error.
+    pub async fn connect(url: &SecretUrl, max_connections: u32) -> anyhow::Result<Store> {
+        let options = connect_options(url)?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("connecting to MySQL at {url}"))?;
+        Ok(Store { pool })
+    }
+
+    pub fn from_pool(pool: MySqlPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Parses a `mysql://` URL into options; statement logging is turned down
+/// because the worker's statements are many and routine.
+pub fn connect_options(url: &SecretUrl) -> anyhow::Result<MySqlConnectOptions> {
+    use sqlx::ConnectOptions;
+    let options = MySqlConnectOptions::from_str(url.expose())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "HERALD_DATABASE_URL {url}: {}",
+                redact_error(&e.to_string(), url)
+            )
+        })?
+        .log_statements(log::LevelFilter::Trace)
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(2));
+    Ok(options)
+}
+
+/// sqlx errors may quote the URL they failed on; strip the password out.
+pub(crate) fn redact_error(message: &str, url: &SecretUrl) -> String {
+    match url.url().password() {
+        Some(pw) if !pw.is_empty() => message.replace(pw, "***"),
+        _ => message.to_owned(),
+    }
+}

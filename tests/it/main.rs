@@ -1,1 +1,5 @@
+//! One integration-test binary (faster to link than one per file). Every
+//! test gets its own database and Redis key prefix, so they run in parallel.
 
+mod foundation;
+mod helpers;

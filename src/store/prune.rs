@@ -1,0 +1,1 @@
+//! Cleanup statements (see issue 5).
