@@ -277,7 +277,8 @@ async fn status_counts_by_status_backlog_and_lag() {
 
 #[tokio::test]
 async fn invalid_configuration_exits_2_and_names_the_setting() {
-    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
         (
             &[("HERALD_REDIS_URLS", "redis://a:6379,http://b")],
             &["status"],
