@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::secret::{SecretString, SecretUrl};
+use crate::transport::{TransportConfigError, TransportSettings};
 
 /// A configuration problem, naming the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -455,6 +456,7 @@ pub struct WorkerConfig {
     pub stats_interval: Option<Duration>,
     pub http_addr: Option<SocketAddr>,
     pub health_timeout: Duration,
+    pub transport: TransportSettings,
 }
 
 /// Validated cleanup settings.
@@ -617,7 +619,9 @@ impl WorkerArgs {
                 )
             })?)
         };
+        let transport = self.transport_settings()?;
         Ok(WorkerConfig {
+            transport,
             concurrency: self.concurrency,
             batch_size: self.batch_size,
             lock_ttl: Duration::from_millis(self.lock_ttl_ms),
@@ -640,6 +644,61 @@ impl WorkerArgs {
             health_timeout: Duration::from_millis(self.health_timeout_ms),
         })
     }
+}
+
+impl WorkerArgs {
+    fn transport_settings(&self) -> Result<TransportSettings, ConfigError> {
+        let webhook_url = match self.webhook_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => {
+                // Parsed through SecretUrl so a bad value's error never
+                // echoes credentials embedded in it.
+                let url = SecretUrl::parse(raw).map_err(|r| ConfigError::new("HERALD_WEBHOOK_URL", "--webhook-url", r))?;
+                if url.scheme() != "http" && url.scheme() != "https" {
+                    return Err(ConfigError::new(
+                        "HERALD_WEBHOOK_URL",
+                        "--webhook-url",
+                        format!("scheme must be http:// or https://, got {}://", url.scheme()),
+                    ));
+                }
+                Some(url.url().clone())
+            }
+        };
+        let channels = crate::transport::parse_channels(&self.channels).map_err(transport_config_error)?;
+        range("HERALD_MAX_RESPONSE_BYTES", "--max-response-bytes", self.max_response_bytes as u64, 1, 64 << 20)?;
+        range("HERALD_FILE_LATENCY_MS", "--file-latency-ms", self.file_latency_ms, 0, 600_000)?;
+        Ok(TransportSettings {
+            webhook_url,
+            // An empty variable (a template left blank) means "no secret".
+            webhook_secret: self.webhook_secret.clone().filter(|s| !s.expose().is_empty()),
+            send_timeout: Duration::from_millis(self.send_timeout_ms),
+            max_response_bytes: self.max_response_bytes,
+            file_path: self.file_path.clone().filter(|p| !p.as_os_str().is_empty()),
+            file_latency: Duration::from_millis(self.file_latency_ms),
+            channels,
+        })
+    }
+}
+
+/// Maps a transport set-up error to the setting it is about.
+pub fn transport_config_error(e: TransportConfigError) -> ConfigError {
+    let (env, flag) = match &e {
+        TransportConfigError::Secret(_) => ("HERALD_WEBHOOK_SECRET", "--webhook-secret"),
+        TransportConfigError::WebhookUrl(_) => ("HERALD_WEBHOOK_URL", "--webhook-url"),
+        TransportConfigError::File { .. } => ("HERALD_FILE_PATH", "--file-path"),
+        _ => ("HERALD_CHANNELS", "--channels"),
+    };
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    let reason = text
+        .strip_prefix(&format!("{env}: "))
+        .map(str::to_owned)
+        .unwrap_or(text);
+    ConfigError::new(env, flag, reason)
 }
 
 fn default_worker_id() -> String {

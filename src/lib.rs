@@ -21,12 +21,18 @@
 //! * [`transport`] — delivers one notification (webhook, log, file) and says
 //!   whether a failure is transient or permanent.
 //! * [`worker`] — the poll → lock → claim → send → finish → release loop.
+//! * [`metrics`] — the Prometheus registry every part reports to.
+//! * [`companions`] — HTTP health/metrics, cleanup and stats beside the worker.
+//! * [`app`] — builds the whole application from validated settings.
 //! * [`telemetry`] — tracing subscriber set-up (text or JSON).
 //! * [`cli`] — the `herald` command line; `main.rs` only calls into it.
 
+pub mod app;
 pub mod cli;
+pub mod companions;
 pub mod config;
 pub mod lock;
+pub mod metrics;
 pub mod notification;
 pub mod secret;
 pub mod store;

@@ -1,1 +1,247 @@
-//! Claim statements.
+//! The statements of the delivery protocol (DESIGN.md, steps 1, 3 and 5).
+//!
+//! Every write after the claim is conditional on `claim_token` and
+//! `status = 'sending'`: a worker that lost its claim (its lease expired and
+//! someone else re-claimed the row) changes nothing, and the caller learns
+//! that from the row count.
+//!
+//! While a row is claimed its `due_at` equals `lease_until`. That lets one
+//! index range (`region, status, due_at`) serve both halves of the candidate
+//! condition of DESIGN.md: pending rows that are due, and sending rows whose
+//! lease expired (their worker crashed).
+
+use chrono::{DateTime, Utc};
+use sqlx::mysql::MySqlRow;
+use sqlx::{MySqlPool, QueryBuilder, Row};
+
+use crate::notification::ClaimedRow;
+
+/// A row that may be claimed, as read from the covering index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: u64,
+    pub user_id: u64,
+    pub due_at: DateTime<Utc>,
+}
+
+/// Due candidates of the given regions, oldest first, at most `limit`.
+///
+/// A non-locking read: nothing is held between this and the claim, so
+/// instances never block each other here. One index range per (region,
+/// status) part, merged in memory.
+pub async fn candidates(pool: &MySqlPool, regions: &[String], limit: usize) -> Result<Vec<Candidate>, sqlx::Error> {
+    let mut qb = QueryBuilder::new("");
+    let mut first = true;
+    for region in regions {
+        for status in ["pending", "sending"] {
+            if !first {
+                qb.push(" UNION ALL ");
+            }
+            first = false;
+            qb.push("(SELECT id, user_id, due_at FROM notifications WHERE region = ")
+                .push_bind(region)
+                .push(" AND status = ")
+                .push_bind(status)
+                .push(" AND due_at <= UTC_TIMESTAMP(6) ORDER BY due_at, id LIMIT ")
+                .push_bind(limit as u64)
+                .push(")");
+        }
+    }
+    let rows: Vec<(u64, u64, DateTime<Utc>)> = qb.build_query_as().fetch_all(pool).await?;
+    let mut out: Vec<Candidate> = rows
+        .into_iter()
+        .map(|(id, user_id, due_at)| Candidate { id, user_id, due_at })
+        .collect();
+    out.sort_by_key(|c| (c.due_at, c.id));
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// Claims the rows among `ids` that are still available, fenced by `token`.
+/// Returns how many rows the claim took; the caller reads them back with
+/// [`fetch_claimed`] when that is fewer than it asked for.
+pub async fn claim(
+    pool: &MySqlPool,
+    ids: &[u64],
+    regions: &[String],
+    token: &[u8; 16],
+    worker_id: &str,
+    lease_us: i64,
+) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut qb = QueryBuilder::new("UPDATE notifications SET status = 'sending', claim_token = ");
+    qb.push_bind(&token[..])
+        .push(", claimed_by = ")
+        .push_bind(worker_id)
+        .push(", lease_until = UTC_TIMESTAMP(6) + INTERVAL ")
+        .push_bind(lease_us)
+        // Repeated rather than `due_at = lease_until`, which would depend on
+        // assignment order (MariaDB's SIMULTANEOUS_ASSIGNMENT mode changes it).
+        .push(" MICROSECOND, due_at = UTC_TIMESTAMP(6) + INTERVAL ")
+        .push_bind(lease_us)
+        .push(" MICROSECOND, attempts = attempts + 1 WHERE id IN (");
+    push_ids(&mut qb, ids);
+    qb.push(") AND status IN ('pending', 'sending') AND due_at <= UTC_TIMESTAMP(6) AND region IN (");
+    let mut sep = qb.separated(", ");
+    for r in regions {
+        sep.push_bind(r);
+    }
+    qb.push(")");
+    Ok(qb.build().execute(pool).await?.rows_affected())
+}
+
+/// One claimed row, or the reason it could not be read. Rows written badly
+/// by another service (a zero date, a payload that is not text) must fail on
+/// their own instead of failing the whole batch's decode.
+pub type ClaimedRead = Result<ClaimedRow, (u64, String)>;
+
+/// Reads back the rows this claim took.
+pub async fn fetch_claimed(pool: &MySqlPool, ids: &[u64], token: &[u8; 16]) -> Result<Vec<ClaimedRead>, sqlx::Error> {
+    let mut qb = QueryBuilder::new(
+        "SELECT id, user_id, channel, CAST(payload AS CHAR) AS payload, dedupe_key, send_at, due_at, expires_at, attempts \
+         FROM notifications WHERE id IN (",
+    );
+    push_ids(&mut qb, ids);
+    qb.push(") AND claim_token = ").push_bind(&token[..]).push(" AND status = 'sending'");
+    let rows = qb.build().fetch_all(pool).await?;
+    Ok(rows.iter().map(decode_claimed).collect())
+}
+
+fn decode_claimed(row: &MySqlRow) -> ClaimedRead {
+    let id: u64 = row.try_get("id").map_err(|e| (0, e.to_string()))?;
+    let bad = |col: &str, e: sqlx::Error| (id, format!("{col} is unreadable: {e}"));
+    let dedupe_key: Option<Vec<u8>> = row.try_get("dedupe_key").map_err(|e| bad("dedupe_key", e))?;
+    Ok(ClaimedRow {
+        id,
+        user_id: row.try_get("user_id").map_err(|e| bad("user_id", e))?,
+        channel: row.try_get("channel").map_err(|e| bad("channel", e))?,
+        payload: row.try_get("payload").map_err(|e| bad("payload", e))?,
+        dedupe_key: dedupe_key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+        send_at: row.try_get("send_at").map_err(|e| bad("send_at", e))?,
+        due_at: row.try_get("due_at").map_err(|e| bad("due_at", e))?,
+        expires_at: row.try_get("expires_at").map_err(|e| bad("expires_at", e))?,
+        attempts: row.try_get("attempts").map_err(|e| bad("attempts", e))?,
+    })
+}
+
+/// The final or retry write for one claimed row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Sent,
+    /// Back to pending, due again after `delay_us`.
+    Retry { delay_us: i64, error: String },
+    Failed { error: String },
+    Expired,
+    /// Not attempted (shutdown, or the lock ran short): pending again now,
+    /// and the attempt the claim counted is given back.
+    HandBack,
+}
+
+/// How many rows each kind of finish changed. `lost` counts writes that
+/// changed nothing because the claim was lost: those rows were left as the
+/// new owner has them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FinishCounts {
+    pub sent: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub handed_back: u64,
+    pub lost: u64,
+}
+
+/// Applies finishes for rows claimed under one token.
+///
+/// `Sent` rows (the common case) go out in one statement; the rest, which
+/// carry per-row values, in one statement each inside a transaction.
+pub async fn finish(pool: &MySqlPool, token: &[u8; 16], rows: &[(u64, Finish)]) -> Result<FinishCounts, sqlx::Error> {
+    let mut counts = FinishCounts::default();
+    let sent: Vec<u64> = rows
+        .iter()
+        .filter(|(_, f)| *f == Finish::Sent)
+        .map(|(id, _)| *id)
+        .collect();
+    if !sent.is_empty() {
+        let mut qb = QueryBuilder::new(
+            "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+             last_error = NULL WHERE id IN (",
+        );
+        push_ids(&mut qb, &sent);
+        qb.push(") AND claim_token = ").push_bind(&token[..]).push(" AND status = 'sending'");
+        counts.sent = qb.build().execute(pool).await?.rows_affected();
+        counts.lost += sent.len() as u64 - counts.sent;
+    }
+    let others: Vec<&(u64, Finish)> = rows.iter().filter(|(_, f)| *f != Finish::Sent).collect();
+    if others.is_empty() {
+        return Ok(counts);
+    }
+    let mut tx = pool.begin().await?;
+    for (id, f) in others {
+        let (q, slot) = match f {
+            Finish::Sent => unreachable!("filtered above"),
+            Finish::Retry { delay_us, error } => (
+                sqlx::query(
+                    "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+                     lease_until = NULL, last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                )
+                .bind(*delay_us)
+                .bind(truncate(error)),
+                &mut counts.retried,
+            ),
+            Finish::Failed { error } => (
+                sqlx::query(
+                    "UPDATE notifications SET status = 'failed', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+                     last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                )
+                .bind(truncate(error)),
+                &mut counts.failed,
+            ),
+            Finish::Expired => (
+                sqlx::query(
+                    "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL \
+                     WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                ),
+                &mut counts.expired,
+            ),
+            Finish::HandBack => (
+                sqlx::query(
+                    "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+                     attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                ),
+                &mut counts.handed_back,
+            ),
+        };
+        let changed = q.bind(*id).bind(&token[..]).execute(&mut *tx).await?.rows_affected();
+        *slot += changed;
+        counts.lost += 1 - changed.min(1);
+    }
+    tx.commit().await?;
+    Ok(counts)
+}
+
+/// `last_error` is VARCHAR(1024); cut on a character boundary.
+fn truncate(s: &str) -> &str {
+    if s.len() <= 1024 {
+        return s;
+    }
+    let mut end = 1024;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn push_ids(qb: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[u64]) {
+    // Ids are integers: inlining them keeps the statement text small and
+    // spares one bind per row.
+    let mut text = String::with_capacity(ids.len() * 8);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&id.to_string());
+    }
+    qb.push(text);
+}

@@ -1,18 +1,232 @@
-//! The sender loop (issue 4).
-use std::process::ExitCode;
+//! The sender: poll → lock → claim → send → finish → release.
+//!
+//! One worker runs three kinds of task, connected by counters and a channel:
+//!
+//! * the **poller** ([`poll`]) reads due candidates, locks a batch of keys
+//!   in one round trip per Redis master, claims the granted rows with one
+//!   fenced `UPDATE`, and spawns senders. It keeps up to `concurrency +
+//!   batch_size` rows claimed, so the next batch is ready before the
+//!   current one finishes and the send slots never sit idle while it polls;
+//! * **senders** ([`send`]) deliver one row (item scope) or one user's rows
+//!   in due order (user scope), each delivery holding one of `concurrency`
+//!   permits, and only while the lock still has enough validity left;
+//! * the **finisher** ([`finish`]) batches the outcome writes, each
+//!   conditional on the claim token, then releases the lock keys.
+//!
+//! Shutdown ([`Worker::run`]): stop polling; senders that have not started
+//! hand their rows back; in-flight sends get the grace period, after which
+//! they are cut off and handed back too; the finisher writes everything,
+//! releases every lock, and `run` returns.
 
-use crate::config::{BenchArgs, CleanupCmdArgs, Settings, WorkerArgs, WorkerConfig};
+pub mod backoff;
+pub mod finish;
+pub mod poll;
+pub mod process;
+pub mod send;
 
-pub async fn run_process(
-    _s: Settings,
-    _c: WorkerConfig,
-    _a: WorkerArgs,
-) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("the worker is not built yet")
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WorkerConfig;
+use crate::lock::Redlock;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::transport::Transports;
+
+pub use process::{bench, cleanup_once, run_process};
+
+/// What a worker needs from the outside world.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub store: Store,
+    pub redlock: Redlock,
+    pub transports: Transports,
+    pub metrics: Arc<Metrics>,
 }
-pub async fn cleanup_once(_s: Settings, _a: CleanupCmdArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("cleanup is not built yet")
+
+/// Totals over a worker's life, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub claimed: u64,
+    pub sent: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub handed_back: u64,
+    pub lost: u64,
 }
-pub async fn bench(_s: Settings, _a: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("bench is not built yet")
+
+#[derive(Debug, Default)]
+pub(crate) struct AtomicTotals {
+    claimed: AtomicU64,
+    sent: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+    expired: AtomicU64,
+    handed_back: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl AtomicTotals {
+    fn snapshot(&self) -> Totals {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Totals {
+            claimed: g(&self.claimed),
+            sent: g(&self.sent),
+            retried: g(&self.retried),
+            failed: g(&self.failed),
+            expired: g(&self.expired),
+            handed_back: g(&self.handed_back),
+            lost: g(&self.lost),
+        }
+    }
+}
+
+/// State shared by the poller, senders and finisher of one worker.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub deps: Deps,
+    pub cfg: WorkerConfig,
+    pub regions: Vec<String>,
+    /// One permit per concurrent delivery.
+    pub send_permits: Semaphore,
+    /// Rows claimed and not yet finished.
+    pub in_flight: AtomicUsize,
+    /// Woken by the finisher when claimed rows are done, so a poller that
+    /// waits for room continues at once.
+    pub room: Notify,
+    /// First signal: no more polling; unstarted sends hand back.
+    pub stop: CancellationToken,
+    /// Grace period over: in-flight sends are cut off and handed back.
+    pub abort: CancellationToken,
+    pub finish_tx: mpsc::UnboundedSender<finish::Done>,
+    pub totals: AtomicTotals,
+    /// Last time the poll loop completed a round; `/livez` reads it.
+    pub heartbeat: AtomicU64,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub(crate) fn beat(&self) {
+        self.heartbeat
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A handle to observe a running worker (liveness, totals).
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+}
+
+impl WorkerHandle {
+    /// Time since the poll loop last completed a round.
+    pub fn since_heartbeat(&self) -> std::time::Duration {
+        let now = self.shared.started.elapsed().as_millis() as u64;
+        let last = self.shared.heartbeat.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(now.saturating_sub(last))
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.shared.totals.snapshot()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// One worker instance.
+#[derive(Debug)]
+pub struct Worker {
+    shared: Arc<Shared>,
+    finish_rx: mpsc::UnboundedReceiver<finish::Done>,
+}
+
+impl Worker {
+    pub fn new(deps: Deps, cfg: WorkerConfig, regions: Vec<String>) -> Worker {
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            send_permits: Semaphore::new(cfg.concurrency),
+            deps,
+            cfg,
+            regions,
+            in_flight: AtomicUsize::new(0),
+            room: Notify::new(),
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            finish_tx,
+            totals: AtomicTotals::default(),
+            heartbeat: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        Worker { shared, finish_rx }
+    }
+
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains as described in the
+    /// module docs and returns the totals.
+    pub async fn run(self, shutdown: CancellationToken) -> Totals {
+        let Worker { shared, finish_rx } = self;
+        let finisher = tokio::spawn(finish::run(shared.clone(), finish_rx));
+        let poller = tokio::spawn(poll::run(shared.clone()));
+
+        shutdown.cancelled().await;
+        tracing::info!(
+            in_flight = shared.in_flight.load(Ordering::Relaxed),
+            grace_ms = shared.cfg.shutdown_grace.as_millis() as u64,
+            "shutdown: stopped polling, waiting for in-flight sends"
+        );
+        shared.stop.cancel();
+        shared.room.notify_waiters();
+        if let Err(e) = poller.await {
+            tracing::error!(error = %e, "poller task failed");
+        }
+        let drained = tokio::time::timeout(shared.cfg.shutdown_grace, wait_drained(&shared)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = shared.in_flight.load(Ordering::Relaxed),
+                "shutdown: grace period over, cutting off in-flight sends and handing their rows back"
+            );
+            shared.abort.cancel();
+            wait_drained(&shared).await;
+        }
+        let totals = shared.totals.snapshot();
+        // The finisher ends once every sender (and this handle's sender
+        // clone, held by `shared`) is gone; close explicitly instead.
+        shared.finish_tx.send(finish::Done::Close).ok();
+        if let Err(e) = finisher.await {
+            tracing::error!(error = %e, "finisher task failed");
+        }
+        tracing::info!(?totals, "worker stopped");
+        totals
+    }
+}
+
+async fn wait_drained(shared: &Shared) {
+    wait_for(&shared.room, || shared.in_flight.load(Ordering::Acquire) == 0).await;
+}
+
+/// Waits until `ready()` holds, re-checking whenever `notify` fires. The
+/// waiter is registered before the check, so a wake-up between the check
+/// and the wait is not lost.
+pub(crate) async fn wait_for(notify: &Notify, ready: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if ready() {
+            return;
+        }
+        notified.await;
+    }
 }

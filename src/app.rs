@@ -1,0 +1,90 @@
+//! The application as the binary runs it, built the same way by the tests:
+//! connections, transports and metrics from validated settings, then the
+//! worker and its companion tasks (cleanup, stats, HTTP) until shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{transport_config_error, Settings, WorkerConfig};
+use crate::lock::{LockConfig, Redlock};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::transport::Transports;
+use crate::worker::{Deps, Totals, Worker};
+
+/// Everything a worker process runs with.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub settings: Settings,
+    pub config: WorkerConfig,
+    pub deps: Deps,
+}
+
+/// Lock settings shared by every part of Herald that locks.
+pub fn lock_config(settings: &Settings) -> LockConfig {
+    LockConfig {
+        masters: settings.redis_urls.iter().map(|u| u.expose().to_owned()).collect(),
+        key_prefix: settings.key_prefix.clone(),
+        master_timeout: settings.lock_master_timeout,
+        ..LockConfig::default()
+    }
+}
+
+/// Connects the lock layer. Masters may be down at start: connections are
+/// made lazily and the breaker copes with dead ones.
+pub async fn redlock(settings: &Settings) -> anyhow::Result<Redlock> {
+    Redlock::new(lock_config(settings))
+        .await
+        .context("setting up the Redis lock masters (HERALD_REDIS_URLS)")
+}
+
+impl App {
+    pub async fn build(settings: Settings, config: WorkerConfig) -> anyhow::Result<App> {
+        let transports = Transports::from_settings(&config.transport).map_err(transport_config_error)?;
+        let store = Store::connect(&settings.database_url, settings.db_pool_size).await?;
+        let redlock = redlock(&settings).await?;
+        Ok(App {
+            deps: Deps {
+                store,
+                redlock,
+                transports,
+                metrics: Metrics::new(),
+            },
+            settings,
+            config,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled and everything has drained.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<Totals> {
+        for (channel, kind) in self.deps.transports.describe() {
+            tracing::info!(channel, kind, "channel configured");
+        }
+        if self.deps.transports.has_unsigned_webhooks() {
+            tracing::warn!("HERALD_WEBHOOK_SECRET is not set: webhooks go out unsigned");
+        }
+        tracing::info!(
+            worker_id = %self.config.worker_id,
+            regions = ?self.settings.regions,
+            concurrency = self.config.concurrency,
+            batch_size = self.config.batch_size,
+            lock_scope = ?self.config.lock_scope,
+            masters = self.deps.redlock.masters(),
+            "worker starting"
+        );
+        let worker = Worker::new(self.deps.clone(), self.config.clone(), self.settings.regions.clone());
+        let handle = worker.handle();
+        let companions = crate::companions::spawn(&self, handle, shutdown.clone())
+            .await
+            .context("starting the HTTP server, cleanup and stats tasks")?;
+        let totals = worker.run(shutdown).await;
+        companions.stop().await;
+        self.deps.store.close().await;
+        Ok(totals)
+    }
+}
+
+/// Shared ownership for companion tasks.
+pub type SharedApp = Arc<App>;

@@ -1,0 +1,172 @@
+//! The finisher: batches outcome writes and lock releases.
+//!
+//! Senders report each row here instead of writing it themselves: under load
+//! many rows finish within one database round trip, so one `UPDATE … WHERE
+//! id IN (…)` replaces hundreds. The finisher takes whatever has arrived,
+//! writes it grouped by claim (token), then releases those rows' lock keys —
+//! after the write, so no other instance can lock a row whose outcome is not
+//! recorded yet.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::poll::ClaimBatch;
+use super::Shared;
+use crate::store::claim::{self, Finish, FinishCounts};
+
+/// Most rows written in one round.
+const MAX_ROUND: usize = 2_000;
+/// Attempts of a finish write before the rows are left to their lease.
+const WRITE_ATTEMPTS: u32 = 5;
+
+#[derive(Debug)]
+pub(crate) enum Done {
+    Row {
+        batch: Arc<ClaimBatch>,
+        id: u64,
+        finish: Finish,
+        /// The lock key to release with this row (the last row of a user
+        /// group in user scope, every row in item scope).
+        release_key: Option<String>,
+        lag_s: Option<f64>,
+    },
+    /// Sent by `Worker::run` once nothing is in flight.
+    Close,
+}
+
+struct Group {
+    batch: Arc<ClaimBatch>,
+    rows: Vec<(u64, Finish)>,
+    keys: Vec<String>,
+    lags: Vec<f64>,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Done>) {
+    let mut closing = false;
+    while !closing {
+        let Some(first) = rx.recv().await else { break };
+        let mut items = vec![first];
+        while items.len() < MAX_ROUND {
+            match rx.try_recv() {
+                Ok(d) => items.push(d),
+                Err(_) => break,
+            }
+        }
+        let mut groups: HashMap<usize, Group> = HashMap::new();
+        for item in items {
+            match item {
+                Done::Close => closing = true,
+                Done::Row {
+                    batch,
+                    id,
+                    finish,
+                    release_key,
+                    lag_s,
+                } => {
+                    let g = groups.entry(Arc::as_ptr(&batch) as usize).or_insert_with(|| Group {
+                        batch: batch.clone(),
+                        rows: Vec::new(),
+                        keys: Vec::new(),
+                        lags: Vec::new(),
+                    });
+                    g.rows.push((id, finish));
+                    g.keys.extend(release_key);
+                    g.lags.extend(lag_s);
+                }
+            }
+        }
+        let writes = groups.into_values().map(|g| write_group(&shared, g));
+        futures::future::join_all(writes).await;
+    }
+}
+
+async fn write_group(shared: &Shared, g: Group) {
+    let token = *g.batch.lock.token().as_bytes();
+    let n = g.rows.len();
+    let mut counts = None;
+    for attempt in 1..=WRITE_ATTEMPTS {
+        match claim::finish(shared.deps.store.pool(), &token, &g.rows).await {
+            Ok(c) => {
+                counts = Some(c);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, rows = n, attempt, "finish write failed");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+    let counts = counts.unwrap_or_else(|| {
+        tracing::error!(
+            rows = n,
+            "finish write failed repeatedly; the rows stay claimed until their lease expires, then are sent again"
+        );
+        FinishCounts::default()
+    });
+    record(shared, &g, counts);
+
+    if !g.keys.is_empty() {
+        if let Err(e) = shared.deps.redlock.release_keys(&g.batch.lock, &g.keys).await {
+            tracing::debug!(error = %e, "releasing keys failed; they expire with their TTL");
+        }
+    }
+
+    let before = g.batch.remaining.fetch_sub(n, Ordering::AcqRel);
+    if before == n {
+        log_batch(shared, &g.batch);
+    }
+    let left = shared.in_flight.fetch_sub(n, Ordering::AcqRel) - n;
+    shared.deps.metrics.in_flight.set(left as i64);
+    shared.room.notify_waiters();
+}
+
+fn record(shared: &Shared, g: &Group, c: FinishCounts) {
+    let m = &shared.deps.metrics;
+    let t = &shared.totals;
+    let b = &g.batch;
+    for (count, metric, total, batch) in [
+        (c.sent, &m.sent, &t.sent, &b.sent),
+        (c.retried, &m.retried, &t.retried, &b.retried),
+        (c.failed, &m.failed, &t.failed, &b.failed),
+        (c.expired, &m.expired, &t.expired, &b.expired),
+        (c.handed_back, &m.handed_back, &t.handed_back, &b.handed_back),
+        (c.lost, &m.lost_ownership, &t.lost, &b.lost),
+    ] {
+        metric.inc_by(count);
+        total.fetch_add(count, Ordering::Relaxed);
+        batch.fetch_add(count, Ordering::Relaxed);
+    }
+    if c.lost > 0 {
+        tracing::warn!(
+            lost = c.lost,
+            "finish changed nothing for rows whose claim was lost (lease expired and re-claimed); left untouched"
+        );
+    }
+    // Lag only for rows whose `sent` write took effect.
+    if c.lost == 0 {
+        for lag in &g.lags {
+            m.delivery_lag.observe(*lag);
+        }
+    }
+}
+
+fn log_batch(shared: &Shared, b: &ClaimBatch) {
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let elapsed = b.started.elapsed();
+    shared.deps.metrics.batch_duration.observe(elapsed.as_secs_f64());
+    tracing::info!(
+        claimed = b.claimed,
+        sent = g(&b.sent),
+        retried = g(&b.retried),
+        failed = g(&b.failed),
+        expired = g(&b.expired),
+        handed_back = g(&b.handed_back),
+        lost = g(&b.lost),
+        duration_ms = elapsed.as_millis() as u64,
+        "batch done"
+    );
+}

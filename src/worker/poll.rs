@@ -1,0 +1,357 @@
+//! The poll loop: candidates → batched lock → fenced claim → spawn senders.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use rand::seq::SliceRandom;
+
+use super::backoff::PollBackoff;
+use super::send::{self, Job};
+use super::{wait_for, Shared};
+use crate::config::LockScope;
+use crate::lock::BatchLock;
+use crate::store::claim::{self, Candidate};
+
+/// Candidates read per row wanted. Instances draw their batch at random from
+/// a window this many times larger than the batch, so several instances
+/// polling at once mostly pick different rows instead of all locking the
+/// same oldest ones (they would then lose the race on each other's keys).
+const SPREAD: usize = 4;
+const MAX_WINDOW: usize = 10_000;
+
+/// Rows of one poll round that were locked and claimed together: they share
+/// the lock (one token) and one log line when the last of them finishes.
+#[derive(Debug)]
+pub(crate) struct ClaimBatch {
+    pub lock: BatchLock,
+    pub started: Instant,
+    pub remaining: AtomicUsize,
+    pub claimed: u64,
+    pub sent: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+    pub expired: AtomicU64,
+    pub handed_back: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+/// What one round found.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    candidates: usize,
+    claimed: usize,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let cfg = &shared.cfg;
+    let capacity = cfg.concurrency + cfg.batch_size;
+    let min_room = (cfg.batch_size.min(cfg.concurrency) / 2).max(1);
+    let mut backoff = PollBackoff::new(cfg.poll_interval);
+    loop {
+        shared.beat();
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        let room = || capacity.saturating_sub(shared.in_flight.load(Ordering::Acquire)) >= min_room;
+        if !room() {
+            tokio::select! {
+                _ = wait_for(&shared.room, room) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shared.stop.cancelled() => return,
+            }
+            continue;
+        }
+        let want = cfg.batch_size.min(capacity - shared.in_flight.load(Ordering::Acquire));
+        let pause = match poll_once(&shared, want).await {
+            Ok(round) if round.candidates >= want => {
+                backoff.reset();
+                None
+            }
+            Ok(round) if round.candidates > 0 || round.claimed > 0 => Some(backoff.partial()),
+            Ok(_) => Some(backoff.idle()),
+            Err(e) => {
+                shared.deps.metrics.poll_errors.inc();
+                tracing::warn!(error = format!("{e:#}"), "poll failed; backing off");
+                Some(backoff.idle().max(Duration::from_millis(100)))
+            }
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shared.stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+async fn poll_once(shared: &Arc<Shared>, want: usize) -> anyhow::Result<Round> {
+    let cfg = &shared.cfg;
+    let store = &shared.deps.store;
+    let metrics = &shared.deps.metrics;
+    let started = Instant::now();
+    let window = (want * SPREAD).min(MAX_WINDOW);
+    let candidates = claim::candidates(store.pool(), &shared.regions, window)
+        .await
+        .context("reading due candidates")?;
+    if candidates.is_empty() {
+        return Ok(Round {
+            candidates: 0,
+            claimed: 0,
+        });
+    }
+    let picked = pick(&candidates, want, cfg.lock_scope);
+    let key_of = |c: &Candidate| match cfg.lock_scope {
+        LockScope::Item => format!("n:{}", c.id),
+        LockScope::User => format!("u:{}", c.user_id),
+    };
+    let mut keys: Vec<String> = picked.iter().map(key_of).collect();
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
+
+    let t = Instant::now();
+    let lock = shared
+        .deps
+        .redlock
+        .acquire_many(&keys, cfg.lock_ttl)
+        .await
+        .context("locking the batch")?;
+    metrics.lock_acquire_duration.observe(t.elapsed().as_secs_f64());
+    metrics.lock_contended.inc_by((keys.len() - lock.granted().len()) as u64);
+    if lock.granted().is_empty() {
+        return Ok(Round {
+            candidates: candidates.len(),
+            claimed: 0,
+        });
+    }
+
+    // The lease may never outlive the lock: once the lock could have
+    // expired, another instance may lock these keys and must then be able
+    // to claim the rows.
+    let margin = cfg.lock_ttl / 20;
+    let lease = lock.remaining_validity().saturating_sub(margin);
+    if lease < cfg.send_timeout + margin {
+        release_all(shared, &lock).await;
+        anyhow::bail!(
+            "lock validity {:?} left after acquiring is too short for a send (timeout {:?}); is Redis slow?",
+            lock.remaining_validity(),
+            cfg.send_timeout
+        );
+    }
+    let due_of: HashMap<u64, DateTime<Utc>> = picked.iter().map(|c| (c.id, c.due_at)).collect();
+    let ids: Vec<u64> = picked
+        .iter()
+        .filter(|c| lock.is_granted(&key_of(c)))
+        .map(|c| c.id)
+        .collect();
+    let token = *lock.token().as_bytes();
+    let claimed = match claim::claim(
+        store.pool(),
+        &ids,
+        &shared.regions,
+        &token,
+        &cfg.worker_id,
+        lease.as_micros() as i64,
+    )
+    .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            release_all(shared, &lock).await;
+            return Err(e).context("claiming the batch");
+        }
+    };
+    let rows = if claimed == 0 {
+        Vec::new()
+    } else {
+        match claim::fetch_claimed(store.pool(), &ids, &token).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The rows stay claimed until their lease expires; then any
+                // instance picks them up again.
+                release_all(shared, &lock).await;
+                return Err(e).context("reading the claimed rows");
+            }
+        }
+    };
+
+    // Keys granted but not claimed (another instance finished or claimed the
+    // row between our read and our claim) are released at once.
+    let mut jobs: Vec<Job> = Vec::with_capacity(rows.len());
+    let mut used_keys: Vec<&str> = Vec::with_capacity(rows.len());
+    let user_of: HashMap<u64, u64> = picked.iter().map(|c| (c.id, c.user_id)).collect();
+    for row in rows {
+        let id = match &row {
+            Ok(r) => r.id,
+            Err((id, _)) => *id,
+        };
+        let user_id = user_of.get(&id).copied().unwrap_or_default();
+        let key = match cfg.lock_scope {
+            LockScope::Item => format!("n:{id}"),
+            LockScope::User => format!("u:{user_id}"),
+        };
+        jobs.push(Job {
+            id,
+            user_id,
+            due_at: due_of.get(&id).copied(),
+            row,
+            key,
+        });
+    }
+    for job in &jobs {
+        used_keys.push(&job.key);
+    }
+    let unused: Vec<String> = lock
+        .granted()
+        .iter()
+        .filter(|k| !used_keys.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if !unused.is_empty() {
+        if let Err(e) = shared.deps.redlock.release_keys(&lock, &unused).await {
+            tracing::debug!(error = %e, "releasing unclaimed keys failed; they expire with their TTL");
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(Round {
+            candidates: candidates.len(),
+            claimed: 0,
+        });
+    }
+
+    let n = jobs.len();
+    shared.in_flight.fetch_add(n, Ordering::AcqRel);
+    metrics.in_flight.set(shared.in_flight.load(Ordering::Relaxed) as i64);
+    metrics.claimed.inc_by(n as u64);
+    shared.totals.claimed.fetch_add(n as u64, Ordering::Relaxed);
+    let batch = Arc::new(ClaimBatch {
+        lock,
+        started,
+        remaining: AtomicUsize::new(n),
+        claimed: n as u64,
+        sent: AtomicU64::new(0),
+        retried: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        expired: AtomicU64::new(0),
+        handed_back: AtomicU64::new(0),
+        lost: AtomicU64::new(0),
+    });
+    match cfg.lock_scope {
+        LockScope::Item => {
+            for job in jobs {
+                tokio::spawn(send::run_item(shared.clone(), batch.clone(), job));
+            }
+        }
+        LockScope::User => {
+            let mut groups: Vec<(u64, Vec<Job>)> = Vec::new();
+            for job in jobs {
+                match groups.iter_mut().find(|(u, _)| *u == job.user_id) {
+                    Some((_, g)) => g.push(job),
+                    None => groups.push((job.user_id, vec![job])),
+                }
+            }
+            for (_, mut group) in groups {
+                group.sort_by_key(|j| (j.due_at, j.id));
+                tokio::spawn(send::run_user(shared.clone(), batch.clone(), group));
+            }
+        }
+    }
+    Ok(Round {
+        candidates: candidates.len(),
+        claimed: n,
+    })
+}
+
+async fn release_all(shared: &Shared, lock: &BatchLock) {
+    let keys = lock.granted().to_vec();
+    if let Err(e) = shared.deps.redlock.release_keys(lock, &keys).await {
+        tracing::debug!(error = %e, "releasing the batch failed; keys expire with their TTL");
+    }
+}
+
+/// Chooses up to `want` rows from the window (oldest first in the result).
+///
+/// Item scope: a random sample. User scope: whole users at random (all of a
+/// user's rows in the window go together, so they are sent in due order by
+/// one sender), until `want` rows are reached.
+fn pick(window: &[Candidate], want: usize, scope: LockScope) -> Vec<Candidate> {
+    let mut rng = rand::rng();
+    let mut out: Vec<Candidate> = match scope {
+        LockScope::Item => {
+            if window.len() <= want {
+                window.to_vec()
+            } else {
+                rand::seq::index::sample(&mut rng, window.len(), want)
+                    .into_iter()
+                    .map(|i| window[i])
+                    .collect()
+            }
+        }
+        LockScope::User => {
+            let mut order: Vec<u64> = Vec::new();
+            let mut by_user: HashMap<u64, Vec<Candidate>> = HashMap::new();
+            for c in window {
+                by_user
+                    .entry(c.user_id)
+                    .or_insert_with(|| {
+                        order.push(c.user_id);
+                        Vec::new()
+                    })
+                    .push(*c);
+            }
+            order.shuffle(&mut rng);
+            let mut out = Vec::with_capacity(want);
+            for user in order {
+                let rows = &by_user[&user];
+                if !out.is_empty() && out.len() + rows.len() > want {
+                    continue;
+                }
+                out.extend_from_slice(rows);
+                if out.len() >= want {
+                    break;
+                }
+            }
+            out
+        }
+    };
+    out.sort_by_key(|c| (c.due_at, c.id));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(id: u64, user_id: u64) -> Candidate {
+        Candidate {
+            id,
+            user_id,
+            due_at: DateTime::from_timestamp(id as i64, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn user_scope_keeps_a_users_rows_together() {
+        let window: Vec<_> = (0..40).map(|i| cand(i, i % 5)).collect();
+        for _ in 0..20 {
+            let picked = pick(&window, 10, LockScope::User);
+            let users: std::collections::HashSet<u64> = picked.iter().map(|c| c.user_id).collect();
+            for u in users {
+                assert_eq!(picked.iter().filter(|c| c.user_id == u).count(), 8);
+            }
+        }
+    }
+
+    #[test]
+    fn item_scope_samples_without_repeats() {
+        let window: Vec<_> = (0..40).map(|i| cand(i, i)).collect();
+        let picked = pick(&window, 10, LockScope::Item);
+        assert_eq!(picked.len(), 10);
+        let mut ids: Vec<u64> = picked.iter().map(|c| c.id).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 10);
+    }
+}

@@ -1,0 +1,45 @@
+//! Process glue for `herald worker`: signals in, exit code out.
+
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::{BenchArgs, CleanupCmdArgs, Settings, WorkerArgs, WorkerConfig};
+
+/// Runs a worker until SIGTERM or SIGINT, drains, and exits 0. A second
+/// signal exits at once (code 130): the operator asked twice, and whatever
+/// is still claimed comes back when its lease expires.
+pub async fn run_process(settings: Settings, config: WorkerConfig, _args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let app = App::build(settings, config).await?;
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        let first = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = first, "shutting down (send it again to exit at once)");
+        trigger.cancel();
+        let second = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::warn!(signal = second, "second signal: exiting now");
+        std::process::exit(130);
+    });
+    let totals = app.run(shutdown).await?;
+    tracing::info!(sent = totals.sent, claimed = totals.claimed, "exiting");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cleanup_once(_s: Settings, _a: CleanupCmdArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("herald cleanup is not built yet")
+}
+
+pub async fn bench(_s: Settings, _a: BenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("herald bench is not built yet")
+}

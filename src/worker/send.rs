@@ -1,0 +1,167 @@
+//! Senders: deliver claimed rows and turn each outcome into a [`Finish`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::backoff::retry_delay;
+use super::finish::Done;
+use super::poll::ClaimBatch;
+use super::Shared;
+use crate::store::claim::{ClaimedRead, Finish};
+use crate::transport::{Delivery, SendOutcome};
+
+/// One claimed row on its way to a transport.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub id: u64,
+    pub user_id: u64,
+    /// Due time before the claim moved it, for the lag metric.
+    pub due_at: Option<DateTime<Utc>>,
+    pub row: ClaimedRead,
+    /// The lock key this row was claimed under.
+    pub key: String,
+}
+
+/// Item scope: one row, its own lock key released when it is finished.
+pub(crate) async fn run_item(shared: Arc<Shared>, batch: Arc<ClaimBatch>, job: Job) {
+    let (finish, lag) = deliver(&shared, &batch, &job).await;
+    report(&shared, batch, job, finish, lag, true);
+}
+
+/// User scope: one user's rows in due order, never two at once; the user's
+/// key is released after the last one.
+pub(crate) async fn run_user(shared: Arc<Shared>, batch: Arc<ClaimBatch>, jobs: Vec<Job>) {
+    let count = jobs.len();
+    for (i, job) in jobs.into_iter().enumerate() {
+        let (finish, lag) = deliver(&shared, &batch, &job).await;
+        report(&shared, batch.clone(), job, finish, lag, i + 1 == count);
+    }
+}
+
+fn report(shared: &Shared, batch: Arc<ClaimBatch>, job: Job, finish: Finish, lag: Option<f64>, release: bool) {
+    let done = Done::Row {
+        batch,
+        id: job.id,
+        finish,
+        release_key: release.then_some(job.key),
+        lag_s: lag,
+    };
+    if shared.finish_tx.send(done).is_err() {
+        // Only possible if the finisher died; the claim then runs out with
+        // its lease and another instance delivers the row.
+        tracing::error!(id = job.id, "finisher is gone; row left to its lease");
+    }
+}
+
+/// Decides what to do with one row and, if it is deliverable, delivers it.
+/// Returns the finish to record and, on success, the due-to-delivery lag.
+async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Option<f64>) {
+    let cfg = &shared.cfg;
+    let row = match &job.row {
+        Ok(row) => row,
+        Err((_, reason)) => {
+            tracing::warn!(id = job.id, reason = %reason, "unusable row marked failed");
+            return (failed(format!("unusable row: {reason}")), None);
+        }
+    };
+    if shared.stop.is_cancelled() {
+        return (Finish::HandBack, None);
+    }
+    if row.expires_at.is_some_and(|t| t <= Utc::now()) {
+        tracing::debug!(id = row.id, "expired before sending");
+        return (Finish::Expired, None);
+    }
+    let payload = match row.check() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(id = row.id, reason = %e, "unusable row marked failed");
+            return (failed(format!("unusable row: {e}")), None);
+        }
+    };
+    let transport = match shared.deps.transports.resolve(&row.channel) {
+        Ok(t) => t.clone(),
+        Err(reason) => {
+            tracing::warn!(id = row.id, channel = %row.channel, reason = %reason, "row marked failed");
+            return (failed(reason), None);
+        }
+    };
+
+    let _permit = tokio::select! {
+        p = shared.send_permits.acquire() => match p {
+            Ok(p) => p,
+            Err(_) => return (Finish::HandBack, None),
+        },
+        _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+    };
+    if shared.stop.is_cancelled() {
+        return (Finish::HandBack, None);
+    }
+    // Step 4 of the protocol: send only while the lock outlives the send.
+    let margin = cfg.lock_ttl / 20;
+    if batch.lock.remaining_validity() < cfg.send_timeout + margin {
+        tracing::debug!(id = row.id, "lock validity too short for another send; handing back");
+        return (Finish::HandBack, None);
+    }
+
+    let key = row.idempotency_key();
+    let send_at = row.send_at.unwrap_or(row.due_at);
+    let delivery = Delivery {
+        id: row.id,
+        user_id: row.user_id,
+        channel: &row.channel,
+        payload: &payload,
+        send_at,
+        attempt: row.attempts,
+        idempotency_key: &key,
+    };
+    let started = Instant::now();
+    // The transport enforces the send timeout itself; this outer bound only
+    // guards against a transport that does not.
+    let outer = cfg.send_timeout + Duration::from_secs(1);
+    let outcome = tokio::select! {
+        o = tokio::time::timeout(outer, transport.send(&delivery)) => o.unwrap_or_else(|_| SendOutcome::Transient {
+            reason: format!("timeout after {outer:?}"),
+            retry_after: None,
+        }),
+        _ = shared.abort.cancelled() => {
+            tracing::warn!(id = row.id, "send cut off by shutdown; handing back");
+            return (Finish::HandBack, None);
+        }
+    };
+    shared.deps.metrics.send_duration.observe(started.elapsed().as_secs_f64());
+
+    match outcome {
+        SendOutcome::Sent => {
+            let lag = job
+                .due_at
+                .map(|due| (Utc::now() - due).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+            tracing::debug!(id = row.id, attempt = row.attempts, "sent");
+            (Finish::Sent, lag)
+        }
+        SendOutcome::Transient { reason, retry_after } => {
+            if row.attempts >= cfg.max_attempts {
+                tracing::info!(id = row.id, attempts = row.attempts, reason = %reason, "giving up");
+                return (failed(format!("gave up after {} attempts: {reason}", row.attempts)), None);
+            }
+            let delay = retry_delay(row.attempts, cfg.retry_base, cfg.retry_max, retry_after);
+            tracing::debug!(id = row.id, attempt = row.attempts, ?delay, reason = %reason, "retrying later");
+            (
+                Finish::Retry {
+                    delay_us: delay.as_micros() as i64,
+                    error: reason,
+                },
+                None,
+            )
+        }
+        SendOutcome::Permanent { reason } => {
+            tracing::info!(id = row.id, reason = %reason, "permanent failure");
+            (failed(reason), None)
+        }
+    }
+}
+
+fn failed(error: String) -> Finish {
+    Finish::Failed { error }
+}
