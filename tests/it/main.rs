@@ -1,1 +1,2 @@
-
+mod lock;
+mod redis_procs;
