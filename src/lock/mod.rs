@@ -1,1 +1,216 @@
-//! TODO
+//! Redlock over 1..N independent Redis masters.
+//!
+//! Herald uses these locks to partition work between instances; MySQL claims
+//! remain the correctness layer (see the delivery protocol in `DESIGN.md`).
+//! The module is also a library API of its own: lock a resource, run a job
+//! once per time window, check lock health.
+//!
+//! # Tour
+//!
+//! * [`Redlock`] (this file) — the handle; cheap to clone.
+//! * `single` — acquire (with retry), extend and release of one key.
+//! * `batch` — many keys in one pipelined round trip per master with one token.
+//! * `watchdog` — [`Redlock::with_lock`]: renews while the work runs and tells
+//!   the work when the lock is lost.
+//! * `window` — [`Redlock::once_per_window`] and the health [`Redlock::probe`].
+//! * `round` — one request per master, decided as early as possible.
+//! * `master` — pool, per-request timeout and breaker of one master;
+//!   `breaker` — the circuit breaker itself.
+//! * `scripts` — owner-only release/extend in Lua (EVALSHA, NOSCRIPT fallback).
+//! * [`config`], [`error`], [`metrics`], [`token`], [`bench`].
+//!
+//! # The algorithm, and where it bends
+//!
+//! `SET key token NX PX ttl` goes to every master concurrently; the lock is
+//! ours when a majority (N/2+1) granted it, for `ttl − elapsed − drift`
+//! (drift = 1 % of the TTL + 2 ms), measured on the monotonic clock. Each
+//! master gets at most `min(master_timeout, ttl/10)`, pool checkout included,
+//! and the caller stops waiting once the outcome is certain. On failure, and
+//! when an acquire future is dropped half-way, our token is deleted from
+//! every master, including those that did not answer in time.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use herald::lock::{LockConfig, LockError, Redlock};
+//!
+//! # async fn demo() -> Result<(), LockError> {
+//! let locks = Redlock::new(LockConfig {
+//!     masters: vec![
+//!         "redis://10.0.0.1:6379".into(),
+//!         "redis://10.0.0.2:6379".into(),
+//!         "rediss://herald:secret@10.0.0.3:6380".into(),
+//!     ],
+//!     key_prefix: "herald:".into(),
+//!     ..LockConfig::default()
+//! })
+//! .await?;
+//!
+//! match locks.acquire("n:42", Duration::from_secs(30)).await {
+//!     Ok(mut lock) => {
+//!         // ... work, checking lock.remaining_validity() ...
+//!         locks.extend(&mut lock, Duration::from_secs(30)).await?;
+//!         locks.release(lock).await?;
+//!     }
+//!     Err(LockError::Contended) => { /* another instance has it */ }
+//!     Err(e) => return Err(e),
+//! }
+//!
+//! // Renewed automatically; `guard.lost()` fires if the lock is lost.
+//! let rows = locks
+//!     .with_lock("cleanup", Duration::from_secs(10), |guard| async move {
+//!         tokio::select! {
+//!             _ = guard.lost().cancelled() => 0,
+//!             n = async { 42 } => n,
+//!         }
+//!     })
+//!     .await?;
+//! # let _ = rows;
+//! if locks.once_per_window("stats", Duration::from_secs(60)).await? {
+//!     // only one instance gets here per minute
+//! }
+//! # Ok(()) }
+//! ```
+
+mod batch;
+pub mod bench;
+mod breaker;
+pub mod config;
+pub mod error;
+mod master;
+pub mod metrics;
+mod round;
+mod scripts;
+mod single;
+pub mod token;
+mod watchdog;
+mod window;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use batch::BatchLock;
+pub use config::{drift, LockConfig, RetryPolicy};
+pub use error::{FailureKind, LockConfigError, LockError, MasterFailure};
+pub use metrics::{LockMetrics, LockMetricsSnapshot, MasterMetrics, MasterMetricsSnapshot};
+pub use single::Lock;
+pub use token::Token;
+pub use watchdog::LockGuard;
+
+use master::Master;
+
+/// Handle to a set of Redis masters. Clones share pools, breakers and metrics.
+#[derive(Clone)]
+pub struct Redlock {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) masters: Vec<Arc<Master>>,
+    pub(crate) quorum: usize,
+    pub(crate) prefix: String,
+    pub(crate) master_timeout: Duration,
+    pub(crate) min_validity: Duration,
+    pub(crate) metrics: LockMetrics,
+}
+
+impl fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redlock")
+            .field("masters", &self.inner.masters)
+            .field("quorum", &self.inner.quorum)
+            .field("key_prefix", &self.inner.prefix)
+            .field("master_timeout", &self.inner.master_timeout)
+            .finish()
+    }
+}
+
+impl Redlock {
+    /// Validates `cfg` and sets up one pool per master. Does not wait for any
+    /// connection, so a master that is down at start-up is not an error.
+    pub async fn new(cfg: LockConfig) -> Result<Redlock, LockError> {
+        cfg.validate()?;
+        let urls = cfg.parsed_masters()?;
+        let mut masters = Vec::with_capacity(urls.len());
+        for (index, url) in urls.iter().enumerate() {
+            let m = Master::new(url, &cfg).map_err(|e| LockConfigError::InvalidUrl {
+                index,
+                reason: e.to_string().replace(url.expose(), &url.redacted()),
+            })?;
+            masters.push(Arc::new(m));
+        }
+        let metrics = LockMetrics {
+            masters: masters.iter().map(|m| m.metrics.clone()).collect(),
+            ..LockMetrics::default()
+        };
+        Ok(Redlock {
+            inner: Arc::new(Inner {
+                quorum: masters.len() / 2 + 1,
+                masters,
+                prefix: cfg.key_prefix.clone(),
+                master_timeout: cfg.master_timeout,
+                min_validity: cfg.min_validity,
+                metrics,
+            }),
+        })
+    }
+
+    /// Masters that must agree: N/2 + 1.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum
+    }
+
+    /// Number of configured masters.
+    pub fn masters(&self) -> usize {
+        self.inner.masters.len()
+    }
+
+    /// The configured key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    pub fn metrics(&self) -> &LockMetrics {
+        &self.inner.metrics
+    }
+}
+
+impl Inner {
+    pub(crate) fn full_key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        k.push_str(&self.prefix);
+        k.push_str(key);
+        k
+    }
+
+    /// Per-master budget: never more than a tenth of the TTL, so waiting for
+    /// one slow master cannot eat the validity of the lock.
+    pub(crate) fn budget(&self, ttl: Duration) -> Duration {
+        self.master_timeout
+            .min(ttl / 10)
+            .max(Duration::from_millis(1))
+    }
+
+    pub(crate) fn failure(&self, index: usize, kind: FailureKind) -> MasterFailure {
+        MasterFailure {
+            master: self.masters[index].name.clone(),
+            kind,
+        }
+    }
+}
+
+/// Rejects TTLs whose validity would be (nearly) eaten by the drift allowance,
+/// before anything is sent.
+pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, LockError> {
+    let drift = drift(ttl);
+    if ttl < drift * 2 || ttl.as_millis() == 0 {
+        return Err(LockError::TtlTooShort { ttl, drift });
+    }
+    Ok(drift)
+}
+
+pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -3,4 +3,6 @@
 
 mod foundation;
 mod helpers;
+mod lock;
+mod redis_procs;
 mod transport;

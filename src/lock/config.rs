@@ -1,0 +1,241 @@
+//! Configuration and retry policy.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use super::error::LockConfigError;
+use crate::secret::SecretUrl;
+
+/// Settings of one [`Redlock`](super::Redlock).
+#[derive(Clone)]
+pub struct LockConfig {
+    /// `redis://` or `rediss://` URLs of independent masters; `user:password@`
+    /// (ACL) allowed. Never printed unredacted.
+    pub masters: Vec<String>,
+    /// Prepended to every key given to the API, so several applications (and
+    /// tests) can share masters without colliding.
+    pub key_prefix: String,
+    /// Budget for one request to one master, pool checkout included. The
+    /// effective budget is also capped at a tenth of the TTL, so a slow master
+    /// can never eat a meaningful share of the lock's validity.
+    pub master_timeout: Duration,
+    /// Multiplexed connections per master. Each is shared by all concurrent
+    /// callers, so a handful is plenty.
+    pub pool_size: u32,
+    /// Consecutive failures (errors or timeouts) that open a master's breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker fails fast before one probe request is let through.
+    pub breaker_cooldown: Duration,
+    /// A granted lock whose validity is below this is released and reported
+    /// as [`LockError::ValidityExhausted`](super::LockError::ValidityExhausted).
+    pub min_validity: Duration,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        Self {
+            masters: Vec::new(),
+            key_prefix: "herald:".into(),
+            master_timeout: Duration::from_millis(50),
+            pool_size: 4,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            min_validity: Duration::ZERO,
+        }
+    }
+}
+
+impl LockConfig {
+    /// Defaults with the given masters.
+    pub fn new(masters: Vec<String>) -> Self {
+        Self {
+            masters,
+            ..Self::default()
+        }
+    }
+
+    /// Checks everything that can be checked without connecting.
+    pub fn validate(&self) -> Result<(), LockConfigError> {
+        self.parsed_masters().map(|_| ())?;
+        let invalid = |setting, reason| Err(LockConfigError::Invalid { setting, reason });
+        if self.master_timeout.is_zero() {
+            return invalid("master_timeout", "must be greater than zero");
+        }
+        if self.pool_size == 0 {
+            return invalid("pool_size", "must be at least 1");
+        }
+        if self.breaker_failures == 0 {
+            return invalid("breaker_failures", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn parsed_masters(&self) -> Result<Vec<SecretUrl>, LockConfigError> {
+        if self.masters.is_empty() {
+            return Err(LockConfigError::NoMasters);
+        }
+        if self.masters.len() > 64 {
+            return Err(LockConfigError::Invalid {
+                setting: "masters",
+                reason: "at most 64 masters are supported",
+            });
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(self.masters.len());
+        for (index, raw) in self.masters.iter().enumerate() {
+            let url = SecretUrl::parse(raw)
+                .map_err(|reason| LockConfigError::InvalidUrl { index, reason })?;
+            if !matches!(url.scheme(), "redis" | "rediss") {
+                return Err(LockConfigError::InvalidUrl {
+                    index,
+                    reason: format!("scheme must be redis or rediss, not {}", url.scheme()),
+                });
+            }
+            if let Err(e) = redis::Client::open(url.expose()) {
+                return Err(LockConfigError::InvalidUrl {
+                    index,
+                    reason: e.to_string().replace(url.expose(), &url.redacted()),
+                });
+            }
+            // Same server reached twice would count twice towards the quorum.
+            let u = url.url();
+            let identity = (
+                u.host_str().unwrap_or_default().to_ascii_lowercase(),
+                u.port().unwrap_or(6379),
+                u.path().trim_matches('/').parse::<u32>().unwrap_or(0),
+            );
+            if !seen.insert(identity) {
+                return Err(LockConfigError::Duplicate {
+                    url: url.redacted(),
+                });
+            }
+            out.push(url);
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for LockConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let masters: Vec<String> = self
+            .masters
+            .iter()
+            .map(|m| {
+                SecretUrl::parse(m).map_or_else(|_| "<invalid url>".to_owned(), |u| u.redacted())
+            })
+            .collect();
+        f.debug_struct("LockConfig")
+            .field("masters", &masters)
+            .field("key_prefix", &self.key_prefix)
+            .field("master_timeout", &self.master_timeout)
+            .field("pool_size", &self.pool_size)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("min_validity", &self.min_validity)
+            .finish()
+    }
+}
+
+/// Clock-drift allowance of the Redlock algorithm: 1 % of the TTL plus 2 ms
+/// for the granularity of Redis expiry.
+pub fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+/// How [`Redlock::acquire_with_retry`](super::Redlock::acquire_with_retry)
+/// spaces its attempts: exponential backoff with full jitter, so contending
+/// instances spread out instead of retrying in lock-step.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (0 is treated as 1).
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; zero is legal (retry at once,
+    /// yielding to the runtime in between).
+    pub base_delay: Duration,
+    /// Cap of the exponential backoff.
+    pub max_delay: Duration,
+    /// Overall time budget, attempts and delays included.
+    pub deadline: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(200),
+            deadline: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Full-jitter delay before attempt `attempt + 1` (0-based `attempt`).
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        use rand::Rng;
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        let cap = self
+            .base_delay
+            .checked_mul(factor)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay);
+        let cap_ns = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+        if cap_ns == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(rand::rng().random_range(0..=cap_ns))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_problem_and_hides_passwords() {
+        assert_eq!(
+            LockConfig::default().validate(),
+            Err(LockConfigError::NoMasters)
+        );
+        let dup = LockConfig::new(vec![
+            "redis://u:hunter2@127.0.0.1:7000".into(),
+            "redis://u:hunter2@127.0.0.1:7000/".into(),
+        ]);
+        let e = dup.validate().unwrap_err();
+        assert!(matches!(e, LockConfigError::Duplicate { .. }), "{e}");
+        assert!(!e.to_string().contains("hunter2"));
+        assert!(!format!("{dup:?}").contains("hunter2"));
+        let bad = LockConfig::new(vec!["http://127.0.0.1:7000".into()]);
+        assert!(matches!(
+            bad.validate(),
+            Err(LockConfigError::InvalidUrl { index: 0, .. })
+        ));
+        let ok = LockConfig::new(vec![
+            "redis://127.0.0.1:7000".into(),
+            "rediss://user:pw@127.0.0.1:7001".into(),
+            "redis://127.0.0.1:7000/1".into(),
+        ]);
+        ok.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_delay_policy_never_sleeps() {
+        let p = RetryPolicy {
+            base_delay: Duration::ZERO,
+            ..RetryPolicy::default()
+        };
+        for a in 0..40 {
+            assert_eq!(p.delay(a), Duration::ZERO);
+        }
+        let p = RetryPolicy::default();
+        for a in 0..40 {
+            assert!(p.delay(a) <= p.max_delay);
+        }
+    }
+
+    #[test]
+    fn drift_is_one_percent_plus_two_ms() {
+        assert_eq!(drift(Duration::from_secs(1)), Duration::from_millis(12));
+    }
+}

@@ -1,0 +1,190 @@
+//! One request per master, sent concurrently, decided as early as possible.
+//!
+//! A round stops waiting as soon as its outcome is certain (a majority said
+//! yes, or a majority can no longer say yes). Requests still in flight are
+//! driven to completion by a background task, so their outcome still reaches
+//! the breaker and the counters, and the caller never waits for a hung master
+//! it does not need.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use redis::aio::MultiplexedConnection;
+use redis::RedisResult;
+use tokio::sync::Notify;
+
+use super::error::{FailureKind, MasterFailure};
+use super::Inner;
+
+pub(crate) type MasterFut<R> =
+    Pin<Box<dyn Future<Output = (usize, Result<R, FailureKind>)> + Send>>;
+pub(crate) type Round<R> = FuturesUnordered<MasterFut<R>>;
+
+/// Which masters still have a `SET` of ours in flight.
+///
+/// A round returns before slow masters answered; their `SET` may still land.
+/// A release sent on another pooled connection could overtake it and leave a
+/// stale key behind (blocking that master until the TTL), so releases to such
+/// a master wait until its `SET` has finished (which its own timeout bounds).
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pending: AtomicU64,
+    notify: Notify,
+}
+
+impl InFlight {
+    pub(crate) fn new(masters: usize) -> Arc<Self> {
+        let bits = if masters >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << masters) - 1
+        };
+        Arc::new(Self {
+            pending: AtomicU64::new(bits),
+            notify: Notify::new(),
+        })
+    }
+
+    fn done(&self, i: usize) {
+        self.pending.fetch_and(!(1u64 << i), Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once master `i` has no request of ours in flight.
+    pub(crate) async fn settled(&self, i: usize) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pending.load(Ordering::Acquire) & (1u64 << i) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Marks a master settled even if its request future is dropped.
+struct Settle(Option<(Arc<InFlight>, usize)>);
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some((f, i)) = self.0.take() {
+            f.done(i);
+        }
+    }
+}
+
+/// Starts `make` on every master (each bounded by `budget`).
+pub(crate) fn fan_out<R, F, Fut>(inner: &Arc<Inner>, budget: Duration, make: F) -> Round<R>
+where
+    R: Send + 'static,
+    F: Fn(MultiplexedConnection) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = RedisResult<R>> + Send + 'static,
+{
+    fan_out_tracked(inner, budget, None, None, make)
+}
+
+/// [`fan_out`] that records completion in `track` (for requests that create
+/// keys) and/or first waits for `after` (for requests that delete them).
+pub(crate) fn fan_out_tracked<R, F, Fut>(
+    inner: &Arc<Inner>,
+    budget: Duration,
+    track: Option<&Arc<InFlight>>,
+    after: Option<&Arc<InFlight>>,
+    make: F,
+) -> Round<R>
+where
+    R: Send + 'static,
+    F: Fn(MultiplexedConnection) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = RedisResult<R>> + Send + 'static,
+{
+    inner
+        .masters
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let m = m.clone();
+            let make = make.clone();
+            let settle = Settle(track.map(|t| (t.clone(), i)));
+            let after = after.cloned();
+            Box::pin(async move {
+                if let Some(a) = after {
+                    a.settled(i).await;
+                }
+                let r = m.run(budget, make).await;
+                drop(settle);
+                (i, r)
+            }) as MasterFut<R>
+        })
+        .collect()
+}
+
+/// Lets the requests still in flight finish without anyone waiting for them.
+pub(crate) fn finish_in_background<R: Send + 'static>(round: Round<R>) {
+    if round.is_empty() {
+        return;
+    }
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(round.for_each(|_| async {}));
+    }
+}
+
+/// Yes/no answers and failures of one round.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) yes: usize,
+    /// Masters that answered "no" (held by someone else / not ours).
+    pub(crate) no: usize,
+    /// Every master that did not say yes, with why (a "no" included).
+    pub(crate) causes: Vec<MasterFailure>,
+    /// Masters whose answer was not awaited.
+    pub(crate) pending: usize,
+}
+
+/// When a round may stop waiting.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stop {
+    /// A majority said yes, or yes can no longer reach a majority.
+    Decided,
+    /// A majority answered at all (yes or no), or can no longer answer.
+    Answered,
+}
+
+/// Awaits a round of yes/no answers until its outcome is certain.
+pub(crate) async fn tally<R: Send + 'static>(
+    inner: &Inner,
+    mut round: Round<R>,
+    stop: Stop,
+    is_yes: impl Fn(&R) -> bool,
+) -> Tally {
+    let q = inner.quorum;
+    let mut t = Tally {
+        pending: inner.masters.len(),
+        ..Tally::default()
+    };
+    while let Some((i, r)) = round.next().await {
+        t.pending -= 1;
+        match r {
+            Ok(ref v) if is_yes(v) => t.yes += 1,
+            Ok(_) => {
+                t.no += 1;
+                t.causes.push(inner.failure(i, FailureKind::Contended));
+            }
+            Err(kind) => t.causes.push(inner.failure(i, kind)),
+        }
+        let done = match stop {
+            Stop::Decided => t.yes >= q || t.yes + t.pending < q,
+            Stop::Answered => t.yes + t.no >= q || t.yes + t.no + t.pending < q,
+        };
+        if done {
+            break;
+        }
+    }
+    finish_in_background(round);
+    t
+}

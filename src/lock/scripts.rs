@@ -1,0 +1,74 @@
+//! Lua scripts for owner-only release and extend, and the pipelined calls.
+//!
+//! Both scripts take any number of keys so that one script call per chunk of
+//! keys serves single locks and batches alike; a batch release is then a
+//! pipeline of a few script calls per master instead of hundreds.
+
+use std::sync::LazyLock;
+
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, RedisResult, Script};
+
+/// Deletes each key whose value is our token. Returns how many were deleted.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local n = 0
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then
+    n = n + redis.call('DEL', k)
+  end
+end
+return n",
+    )
+});
+
+/// Re-arms the TTL of each key whose value is our token. Returns one 1/0 per key.
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then
+    out[i] = redis.call('PEXPIRE', k, ARGV[2])
+  else
+    out[i] = 0
+  end
+end
+return out",
+    )
+});
+
+/// Keys per script call: big enough to amortise the call, small enough not to
+/// block the Redis event loop noticeably.
+const CHUNK: usize = 256;
+
+/// Runs `script` over `keys` in chunks, all in one pipeline. EVALSHA first; on
+/// NOSCRIPT (a restarted master) the script is loaded and the pipeline sent
+/// again, which is safe because both scripts are idempotent.
+pub(crate) async fn eval_chunked<T: FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    script: &Script,
+    keys: &[String],
+    args: &[&[u8]],
+) -> RedisResult<Vec<T>> {
+    let build = || {
+        let mut pipe = redis::pipe();
+        for chunk in keys.chunks(CHUNK) {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(chunk.len())
+                .arg(chunk);
+            for a in args {
+                cmd.arg(*a);
+            }
+        }
+        pipe
+    };
+    match build().query_async::<Vec<T>>(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            build().query_async(conn).await
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,401 @@
+//! Acquire, extend and release of one key.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, debug_span, warn, Instrument};
+
+use super::error::{FailureKind, LockError};
+use super::metrics::inc;
+use super::round::{
+    fan_out, fan_out_tracked, finish_in_background, tally, InFlight, Round, Stop, Tally,
+};
+use super::scripts::{eval_chunked, EXTEND, RELEASE};
+use super::token::Token;
+use super::{check_ttl, ttl_ms, Inner, Redlock, RetryPolicy};
+
+/// A lock held on a majority of masters. Dropping it does not release it (it
+/// expires after its TTL); call [`Redlock::release`].
+pub struct Lock {
+    pub(crate) key: String,
+    pub(crate) full_key: String,
+    pub(crate) token: Token,
+    pub(crate) ttl: Duration,
+    pub(crate) valid_until: Instant,
+    pub(crate) inflight: Option<Arc<InFlight>>,
+}
+
+impl Lock {
+    /// The key as passed in, without the prefix.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How long the lock is still certainly ours (monotonic clock, drift
+    /// already deducted). Zero once expired.
+    pub fn remaining_validity(&self) -> Duration {
+        self.valid_until.saturating_duration_since(Instant::now())
+    }
+
+    pub fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lock")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .field("ttl", &self.ttl)
+            .field("remaining_validity", &self.remaining_validity())
+            .finish()
+    }
+}
+
+/// Deletes our token from every master unless disarmed. Armed before the
+/// first request is sent, so an acquire that fails *or is dropped half-way*
+/// leaves nothing behind (the release is spawned; drop never blocks).
+pub(crate) struct ReleaseOnDrop {
+    inner: Arc<Inner>,
+    keys: Vec<String>,
+    token: Token,
+    armed: bool,
+    after: Option<Arc<InFlight>>,
+}
+
+impl ReleaseOnDrop {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        keys: Vec<String>,
+        token: Token,
+        after: Option<Arc<InFlight>>,
+    ) -> Self {
+        Self {
+            inner,
+            keys,
+            token,
+            armed: true,
+            after,
+        }
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Release only these keys when dropped (the rest were granted).
+    pub(crate) fn retain(&mut self, keys: Vec<String>) {
+        self.keys = keys;
+    }
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if self.armed && !self.keys.is_empty() {
+            let keys = std::mem::take(&mut self.keys);
+            let budget = self.inner.master_timeout;
+            finish_in_background(release_round(
+                &self.inner,
+                keys,
+                self.token,
+                budget,
+                self.after.as_ref(),
+            ));
+        }
+    }
+}
+
+/// Owner-only delete of `keys` (full keys) on every master. Yes = this master
+/// deleted at least one key.
+pub(crate) fn release_round(
+    inner: &Arc<Inner>,
+    keys: Vec<String>,
+    token: Token,
+    budget: Duration,
+    after: Option<&Arc<InFlight>>,
+) -> Round<bool> {
+    let keys = Arc::new(keys);
+    fan_out_tracked(inner, budget, None, after, move |mut c| {
+        let keys = keys.clone();
+        async move {
+            let n: Vec<i64> =
+                eval_chunked(&mut c, &RELEASE, &keys, &[&token.as_bytes()[..]]).await?;
+            Ok(n.iter().sum::<i64>() > 0)
+        }
+    })
+}
+
+/// Owner-only PEXPIRE of `keys` on every master; one flag per key.
+pub(crate) fn extend_round(
+    inner: &Arc<Inner>,
+    keys: Arc<Vec<String>>,
+    token: Token,
+    ttl: Duration,
+    budget: Duration,
+) -> Round<Vec<bool>> {
+    let ttl = ttl_ms(ttl).to_string();
+    fan_out(inner, budget, move |mut c| {
+        let keys = keys.clone();
+        let ttl = ttl.clone();
+        async move {
+            let chunks: Vec<Vec<i64>> = eval_chunked(
+                &mut c,
+                &EXTEND,
+                &keys,
+                &[&token.as_bytes()[..], ttl.as_bytes()],
+            )
+            .await?;
+            Ok(chunks.into_iter().flatten().map(|v| v == 1).collect())
+        }
+    })
+}
+
+impl Inner {
+    pub(crate) fn classify(&self, t: Tally) -> LockError {
+        if t.no > self.masters.len() - self.quorum {
+            inc(&self.metrics.contended);
+            LockError::Contended
+        } else {
+            inc(&self.metrics.no_quorum);
+            LockError::NoQuorum {
+                granted: t.yes,
+                needed: self.quorum,
+                causes: t.causes,
+            }
+        }
+    }
+
+    /// Release of full keys, returning once a majority answered.
+    pub(crate) async fn release_keys_now(
+        self: &Arc<Self>,
+        keys: Vec<String>,
+        token: Token,
+        budget: Duration,
+        after: Option<&Arc<InFlight>>,
+    ) -> Result<(), LockError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let round = release_round(self, keys, token, budget, after);
+        let t = tally(self, round, Stop::Answered, |b| *b).await;
+        if t.yes + t.no >= self.quorum {
+            if t.yes > 0 {
+                inc(&self.metrics.released);
+                Ok(())
+            } else {
+                Err(LockError::Lost)
+            }
+        } else {
+            Err(LockError::NoQuorum {
+                granted: t.yes + t.no,
+                needed: self.quorum,
+                causes: t
+                    .causes
+                    .into_iter()
+                    .filter(|c| c.kind != FailureKind::Contended)
+                    .collect(),
+            })
+        }
+    }
+}
+
+impl Redlock {
+    /// One attempt to take `key` for `ttl`. Fails with
+    /// [`LockError::Contended`] if another owner holds it; never waits longer
+    /// than the per-master budget. Cancel-safe: dropping the future releases
+    /// whatever it took.
+    pub async fn acquire(&self, key: &str, ttl: Duration) -> Result<Lock, LockError> {
+        let drift = check_ttl(ttl)?;
+        let token = Token::random().map_err(|e| LockError::Random(e.to_string()))?;
+        let inner = &self.inner;
+        let full_key = inner.full_key(key);
+        let span = debug_span!("lock.acquire", key, ttl_ms = ttl_ms(ttl));
+        async move {
+            let inflight = InFlight::new(inner.masters.len());
+            let mut guard = ReleaseOnDrop::new(
+                inner.clone(),
+                vec![full_key.clone()],
+                token,
+                Some(inflight.clone()),
+            );
+            let start = Instant::now();
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&full_key)
+                .arg(&token.as_bytes()[..])
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms(ttl));
+            let cmd = Arc::new(cmd);
+            let round = fan_out_tracked(
+                inner,
+                inner.budget(ttl),
+                Some(&inflight),
+                None,
+                move |mut c| {
+                    let cmd = cmd.clone();
+                    async move { Ok(cmd.query_async::<Option<String>>(&mut c).await?.is_some()) }
+                },
+            );
+            let t = tally(inner, round, Stop::Decided, |b| *b).await;
+            if t.yes >= inner.quorum {
+                let valid_until = start + (ttl - drift);
+                let remaining = valid_until.saturating_duration_since(Instant::now());
+                if remaining.is_zero() || remaining < inner.min_validity {
+                    let elapsed = start.elapsed();
+                    warn!(?elapsed, "lock granted too late to be useful; releasing");
+                    return Err(LockError::ValidityExhausted { elapsed });
+                }
+                guard.disarm();
+                inc(&inner.metrics.acquired);
+                debug!(validity_ms = remaining.as_millis() as u64, "acquired");
+                return Ok(Lock {
+                    key: key.to_owned(),
+                    full_key,
+                    token,
+                    ttl,
+                    valid_until,
+                    inflight: Some(inflight),
+                });
+            }
+            if t.no == inner.masters.len() {
+                guard.disarm(); // every master refused: nothing of ours to delete
+            }
+            let err = inner.classify(t);
+            debug!(error = %err, "not acquired");
+            Err(err)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// [`Redlock::acquire`] with exponential backoff and full jitter between
+    /// attempts, bounded by `retry.max_attempts` and `retry.deadline`. A zero
+    /// delay is legal. Non-retryable errors (a too-short TTL) return at once.
+    pub async fn acquire_with_retry(
+        &self,
+        key: &str,
+        ttl: Duration,
+        retry: &RetryPolicy,
+    ) -> Result<Lock, LockError> {
+        check_ttl(ttl)?;
+        let deadline = retry.deadline.map(|d| tokio::time::Instant::now() + d);
+        let attempts = retry.max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            let res = match deadline {
+                Some(d) => tokio::time::timeout_at(d, self.acquire(key, ttl))
+                    .await
+                    .unwrap_or(Err(LockError::DeadlineExceeded)),
+                None => self.acquire(key, ttl).await,
+            };
+            let err = match res {
+                Ok(lock) => return Ok(lock),
+                Err(e) if e.is_retryable() => e,
+                Err(e) => return Err(e),
+            };
+            attempt += 1;
+            if attempt >= attempts {
+                return Err(err);
+            }
+            let delay = retry.delay(attempt - 1);
+            if let Some(d) = deadline {
+                if tokio::time::Instant::now() + delay >= d {
+                    return Err(err);
+                }
+            }
+            if delay.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Re-arms the lock for `ttl` on a majority, owner-only. Returns
+    /// [`LockError::Lost`] when a majority no longer holds our token. If
+    /// masters merely do not answer, it retries while the lock is still valid;
+    /// it never deletes anything, so a lock that is still valid survives a
+    /// failed extend.
+    pub async fn extend(&self, lock: &mut Lock, ttl: Duration) -> Result<(), LockError> {
+        let drift = check_ttl(ttl)?;
+        let inner = &self.inner;
+        let span = debug_span!("lock.extend", key = lock.key.as_str(), ttl_ms = ttl_ms(ttl));
+        async move {
+            let keys = Arc::new(vec![lock.full_key.clone()]);
+            let mut backoff = Duration::from_millis(5);
+            loop {
+                let remaining = lock.remaining_validity();
+                if remaining.is_zero() {
+                    inc(&inner.metrics.extend_failures);
+                    warn!("lock expired before it could be extended");
+                    return Err(LockError::Lost);
+                }
+                let start = Instant::now();
+                let round = extend_round(
+                    inner,
+                    keys.clone(),
+                    lock.token,
+                    ttl,
+                    inner.budget(ttl).min(remaining),
+                );
+                let t = tally(inner, round, Stop::Decided, |v: &Vec<bool>| {
+                    v.first() == Some(&true)
+                })
+                .await;
+                if t.yes >= inner.quorum {
+                    lock.valid_until = start + (ttl - drift);
+                    lock.ttl = ttl;
+                    inc(&inner.metrics.extended);
+                    return Ok(());
+                }
+                if t.no > inner.masters.len() - inner.quorum {
+                    inc(&inner.metrics.extend_failures);
+                    warn!("lock lost: a majority no longer holds our token");
+                    return Err(LockError::Lost);
+                }
+                debug!(
+                    granted = t.yes,
+                    "extend short of a majority; retrying within validity"
+                );
+                let pause = jitter(backoff).min(lock.remaining_validity());
+                tokio::time::sleep(pause).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Owner-only release on every master; returns once a majority answered
+    /// (the rest finish in the background). [`LockError::Lost`] if none of
+    /// them held our token any more.
+    pub async fn release(&self, lock: Lock) -> Result<(), LockError> {
+        let span = debug_span!("lock.release", key = lock.key.as_str());
+        let budget = self.inner.budget(lock.ttl);
+        self.inner
+            .release_keys_now(
+                vec![lock.full_key],
+                lock.token,
+                budget,
+                lock.inflight.as_ref(),
+            )
+            .instrument(span)
+            .await
+    }
+}
+
+pub(crate) fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::rng().random_range(ns / 2..=ns.max(1)))
+}
