@@ -25,7 +25,11 @@ pub struct App {
 /// Lock settings shared by every part of Herald that locks.
 pub fn lock_config(settings: &Settings) -> LockConfig {
     LockConfig {
-        masters: settings.redis_urls.iter().map(|u| u.expose().to_owned()).collect(),
+        masters: settings
+            .redis_urls
+            .iter()
+            .map(|u| u.expose().to_owned())
+            .collect(),
         key_prefix: settings.key_prefix.clone(),
         master_timeout: settings.lock_master_timeout,
         ..LockConfig::default()
@@ -42,7 +46,8 @@ pub async fn redlock(settings: &Settings) -> anyhow::Result<Redlock> {
 
 impl App {
     pub async fn build(settings: Settings, config: WorkerConfig) -> anyhow::Result<App> {
-        let transports = Transports::from_settings(&config.transport).map_err(transport_config_error)?;
+        let transports =
+            Transports::from_settings(&config.transport).map_err(transport_config_error)?;
         let store = Store::connect(&settings.database_url, settings.db_pool_size).await?;
         let redlock = redlock(&settings).await?;
         Ok(App {
@@ -74,7 +79,11 @@ impl App {
             masters = self.deps.redlock.masters(),
             "worker starting"
         );
-        let worker = Worker::new(self.deps.clone(), self.config.clone(), self.settings.regions.clone());
+        let worker = Worker::new(
+            self.deps.clone(),
+            self.config.clone(),
+            self.settings.regions.clone(),
+        );
         let handle = worker.handle();
         let companions = crate::companions::spawn(&self, handle, shutdown.clone())
             .await

@@ -16,7 +16,11 @@ pub struct Companions {
 }
 
 /// Starts the companions configured for `app`.
-pub async fn spawn(_app: &App, _worker: WorkerHandle, shutdown: CancellationToken) -> anyhow::Result<Companions> {
+pub async fn spawn(
+    _app: &App,
+    _worker: WorkerHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Companions> {
     Ok(Companions {
         tasks: Vec::new(),
         stop: shutdown.child_token(),

@@ -653,24 +653,44 @@ impl WorkerArgs {
             Some(raw) => {
                 // Parsed through SecretUrl so a bad value's error never
                 // echoes credentials embedded in it.
-                let url = SecretUrl::parse(raw).map_err(|r| ConfigError::new("HERALD_WEBHOOK_URL", "--webhook-url", r))?;
+                let url = SecretUrl::parse(raw)
+                    .map_err(|r| ConfigError::new("HERALD_WEBHOOK_URL", "--webhook-url", r))?;
                 if url.scheme() != "http" && url.scheme() != "https" {
                     return Err(ConfigError::new(
                         "HERALD_WEBHOOK_URL",
                         "--webhook-url",
-                        format!("scheme must be http:// or https://, got {}://", url.scheme()),
+                        format!(
+                            "scheme must be http:// or https://, got {}://",
+                            url.scheme()
+                        ),
                     ));
                 }
                 Some(url.url().clone())
             }
         };
-        let channels = crate::transport::parse_channels(&self.channels).map_err(transport_config_error)?;
-        range("HERALD_MAX_RESPONSE_BYTES", "--max-response-bytes", self.max_response_bytes as u64, 1, 64 << 20)?;
-        range("HERALD_FILE_LATENCY_MS", "--file-latency-ms", self.file_latency_ms, 0, 600_000)?;
+        let channels =
+            crate::transport::parse_channels(&self.channels).map_err(transport_config_error)?;
+        range(
+            "HERALD_MAX_RESPONSE_BYTES",
+            "--max-response-bytes",
+            self.max_response_bytes as u64,
+            1,
+            64 << 20,
+        )?;
+        range(
+            "HERALD_FILE_LATENCY_MS",
+            "--file-latency-ms",
+            self.file_latency_ms,
+            0,
+            600_000,
+        )?;
         Ok(TransportSettings {
             webhook_url,
             // An empty variable (a template left blank) means "no secret".
-            webhook_secret: self.webhook_secret.clone().filter(|s| !s.expose().is_empty()),
+            webhook_secret: self
+                .webhook_secret
+                .clone()
+                .filter(|s| !s.expose().is_empty()),
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             max_response_bytes: self.max_response_bytes,
             file_path: self.file_path.clone().filter(|p| !p.as_os_str().is_empty()),

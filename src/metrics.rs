@@ -81,24 +81,96 @@ impl Metrics {
         };
         registry.register("claimed", "Rows claimed for sending", m.claimed.clone());
         registry.register("sent", "Rows delivered and marked sent", m.sent.clone());
-        registry.register("retried", "Transient failures scheduled for another attempt", m.retried.clone());
-        registry.register("failed", "Rows marked failed (permanent error, unusable row or attempts exhausted)", m.failed.clone());
-        registry.register("expired", "Rows whose expires_at passed before sending", m.expired.clone());
-        registry.register("handed_back", "Claimed rows returned to pending unsent (shutdown, short lock)", m.handed_back.clone());
-        registry.register("lost_ownership", "Finish writes that changed nothing because the claim was lost", m.lost_ownership.clone());
-        registry.register("lock_contended", "Lock keys not granted because another owner holds them", m.lock_contended.clone());
-        registry.register("lock_master_errors", "Lock requests that failed on a Redis master", m.lock_master_errors.clone());
-        registry.register("lock_master_timeouts", "Lock requests that timed out on a Redis master", m.lock_master_timeouts.clone());
-        registry.register("poll_errors", "Poll rounds that failed (database or lock errors)", m.poll_errors.clone());
-        registry.register("cleanup_deleted", "Finished rows deleted by cleanup", m.cleanup_deleted.clone());
-        registry.register("cleanup_skipped", "Cleanup ticks skipped, by reason", m.cleanup_skipped.clone());
-        registry.register("stats_windows", "Stats windows this instance won and logged", m.stats_windows.clone());
-        registry.register("send_duration_seconds", "Time spent in one delivery attempt", m.send_duration.clone());
-        registry.register("delivery_lag_seconds", "From due time to successful delivery", m.delivery_lag.clone());
-        registry.register("batch_duration_seconds", "From poll to the last finish of a claimed batch", m.batch_duration.clone());
-        registry.register("lock_acquire_duration_seconds", "Batched lock acquire round trip", m.lock_acquire_duration.clone());
-        registry.register("in_flight", "Claimed rows not yet finished", m.in_flight.clone());
-        registry.register("due_backlog", "Due rows seen by the last backlog count", m.due_backlog.clone());
+        registry.register(
+            "retried",
+            "Transient failures scheduled for another attempt",
+            m.retried.clone(),
+        );
+        registry.register(
+            "failed",
+            "Rows marked failed (permanent error, unusable row or attempts exhausted)",
+            m.failed.clone(),
+        );
+        registry.register(
+            "expired",
+            "Rows whose expires_at passed before sending",
+            m.expired.clone(),
+        );
+        registry.register(
+            "handed_back",
+            "Claimed rows returned to pending unsent (shutdown, short lock)",
+            m.handed_back.clone(),
+        );
+        registry.register(
+            "lost_ownership",
+            "Finish writes that changed nothing because the claim was lost",
+            m.lost_ownership.clone(),
+        );
+        registry.register(
+            "lock_contended",
+            "Lock keys not granted because another owner holds them",
+            m.lock_contended.clone(),
+        );
+        registry.register(
+            "lock_master_errors",
+            "Lock requests that failed on a Redis master",
+            m.lock_master_errors.clone(),
+        );
+        registry.register(
+            "lock_master_timeouts",
+            "Lock requests that timed out on a Redis master",
+            m.lock_master_timeouts.clone(),
+        );
+        registry.register(
+            "poll_errors",
+            "Poll rounds that failed (database or lock errors)",
+            m.poll_errors.clone(),
+        );
+        registry.register(
+            "cleanup_deleted",
+            "Finished rows deleted by cleanup",
+            m.cleanup_deleted.clone(),
+        );
+        registry.register(
+            "cleanup_skipped",
+            "Cleanup ticks skipped, by reason",
+            m.cleanup_skipped.clone(),
+        );
+        registry.register(
+            "stats_windows",
+            "Stats windows this instance won and logged",
+            m.stats_windows.clone(),
+        );
+        registry.register(
+            "send_duration_seconds",
+            "Time spent in one delivery attempt",
+            m.send_duration.clone(),
+        );
+        registry.register(
+            "delivery_lag_seconds",
+            "From due time to successful delivery",
+            m.delivery_lag.clone(),
+        );
+        registry.register(
+            "batch_duration_seconds",
+            "From poll to the last finish of a claimed batch",
+            m.batch_duration.clone(),
+        );
+        registry.register(
+            "lock_acquire_duration_seconds",
+            "Batched lock acquire round trip",
+            m.lock_acquire_duration.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Claimed rows not yet finished",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "due_backlog",
+            "Due rows seen by the last backlog count",
+            m.due_backlog.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 

@@ -29,7 +29,11 @@ pub struct Candidate {
 /// A non-locking read: nothing is held between this and the claim, so
 /// instances never block each other here. One index range per (region,
 /// status) part, merged in memory.
-pub async fn candidates(pool: &MySqlPool, regions: &[String], limit: usize) -> Result<Vec<Candidate>, sqlx::Error> {
+pub async fn candidates(
+    pool: &MySqlPool,
+    regions: &[String],
+    limit: usize,
+) -> Result<Vec<Candidate>, sqlx::Error> {
     let mut qb = QueryBuilder::new("");
     let mut first = true;
     for region in regions {
@@ -50,7 +54,11 @@ pub async fn candidates(pool: &MySqlPool, regions: &[String], limit: usize) -> R
     let rows: Vec<(u64, u64, DateTime<Utc>)> = qb.build_query_as().fetch_all(pool).await?;
     let mut out: Vec<Candidate> = rows
         .into_iter()
-        .map(|(id, user_id, due_at)| Candidate { id, user_id, due_at })
+        .map(|(id, user_id, due_at)| Candidate {
+            id,
+            user_id,
+            due_at,
+        })
         .collect();
     out.sort_by_key(|c| (c.due_at, c.id));
     out.truncate(limit);
@@ -83,7 +91,9 @@ pub async fn claim(
         .push_bind(lease_us)
         .push(" MICROSECOND, attempts = attempts + 1 WHERE id IN (");
     push_ids(&mut qb, ids);
-    qb.push(") AND status IN ('pending', 'sending') AND due_at <= UTC_TIMESTAMP(6) AND region IN (");
+    qb.push(
+        ") AND status IN ('pending', 'sending') AND due_at <= UTC_TIMESTAMP(6) AND region IN (",
+    );
     let mut sep = qb.separated(", ");
     for r in regions {
         sep.push_bind(r);
@@ -98,13 +108,19 @@ pub async fn claim(
 pub type ClaimedRead = Result<ClaimedRow, (u64, String)>;
 
 /// Reads back the rows this claim took.
-pub async fn fetch_claimed(pool: &MySqlPool, ids: &[u64], token: &[u8; 16]) -> Result<Vec<ClaimedRead>, sqlx::Error> {
+pub async fn fetch_claimed(
+    pool: &MySqlPool,
+    ids: &[u64],
+    token: &[u8; 16],
+) -> Result<Vec<ClaimedRead>, sqlx::Error> {
     let mut qb = QueryBuilder::new(
         "SELECT id, user_id, channel, CAST(payload AS CHAR) AS payload, dedupe_key, send_at, due_at, expires_at, attempts \
          FROM notifications WHERE id IN (",
     );
     push_ids(&mut qb, ids);
-    qb.push(") AND claim_token = ").push_bind(&token[..]).push(" AND status = 'sending'");
+    qb.push(") AND claim_token = ")
+        .push_bind(&token[..])
+        .push(" AND status = 'sending'");
     let rows = qb.build().fetch_all(pool).await?;
     Ok(rows.iter().map(decode_claimed).collect())
 }
@@ -112,7 +128,9 @@ pub async fn fetch_claimed(pool: &MySqlPool, ids: &[u64], token: &[u8; 16]) -> R
 fn decode_claimed(row: &MySqlRow) -> ClaimedRead {
     let id: u64 = row.try_get("id").map_err(|e| (0, e.to_string()))?;
     let bad = |col: &str, e: sqlx::Error| (id, format!("{col} is unreadable: {e}"));
-    let dedupe_key: Option<Vec<u8>> = row.try_get("dedupe_key").map_err(|e| bad("dedupe_key", e))?;
+    let dedupe_key: Option<Vec<u8>> = row
+        .try_get("dedupe_key")
+        .map_err(|e| bad("dedupe_key", e))?;
     Ok(ClaimedRow {
         id,
         user_id: row.try_get("user_id").map_err(|e| bad("user_id", e))?,
@@ -121,7 +139,9 @@ fn decode_claimed(row: &MySqlRow) -> ClaimedRead {
         dedupe_key: dedupe_key.map(|k| String::from_utf8_lossy(&k).into_owned()),
         send_at: row.try_get("send_at").map_err(|e| bad("send_at", e))?,
         due_at: row.try_get("due_at").map_err(|e| bad("due_at", e))?,
-        expires_at: row.try_get("expires_at").map_err(|e| bad("expires_at", e))?,
+        expires_at: row
+            .try_get("expires_at")
+            .map_err(|e| bad("expires_at", e))?,
         attempts: row.try_get("attempts").map_err(|e| bad("attempts", e))?,
     })
 }
@@ -131,8 +151,13 @@ fn decode_claimed(row: &MySqlRow) -> ClaimedRead {
 pub enum Finish {
     Sent,
     /// Back to pending, due again after `delay_us`.
-    Retry { delay_us: i64, error: String },
-    Failed { error: String },
+    Retry {
+        delay_us: i64,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
     Expired,
     /// Not attempted (shutdown, or the lock ran short): pending again now,
     /// and the attempt the claim counted is given back.
@@ -156,7 +181,11 @@ pub struct FinishCounts {
 ///
 /// `Sent` rows (the common case) go out in one statement; the rest, which
 /// carry per-row values, in one statement each inside a transaction.
-pub async fn finish(pool: &MySqlPool, token: &[u8; 16], rows: &[(u64, Finish)]) -> Result<FinishCounts, sqlx::Error> {
+pub async fn finish(
+    pool: &MySqlPool,
+    token: &[u8; 16],
+    rows: &[(u64, Finish)],
+) -> Result<FinishCounts, sqlx::Error> {
     let mut counts = FinishCounts::default();
     let sent: Vec<u64> = rows
         .iter()
@@ -169,7 +198,9 @@ pub async fn finish(pool: &MySqlPool, token: &[u8; 16], rows: &[(u64, Finish)]) 
              last_error = NULL WHERE id IN (",
         );
         push_ids(&mut qb, &sent);
-        qb.push(") AND claim_token = ").push_bind(&token[..]).push(" AND status = 'sending'");
+        qb.push(") AND claim_token = ")
+            .push_bind(&token[..])
+            .push(" AND status = 'sending'");
         counts.sent = qb.build().execute(pool).await?.rows_affected();
         counts.lost += sent.len() as u64 - counts.sent;
     }
@@ -213,7 +244,12 @@ pub async fn finish(pool: &MySqlPool, token: &[u8; 16], rows: &[(u64, Finish)]) 
                 &mut counts.handed_back,
             ),
         };
-        let changed = q.bind(*id).bind(&token[..]).execute(&mut *tx).await?.rows_affected();
+        let changed = q
+            .bind(*id)
+            .bind(&token[..])
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         *slot += changed;
         counts.lost += 1 - changed.min(1);
     }

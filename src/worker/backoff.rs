@@ -9,7 +9,12 @@ use rand::Rng;
 /// Delay before attempt `attempt + 1` after `attempt` failed transiently:
 /// uniform in `[0, min(max, base * 2^(attempt-1))]`, but never less than a
 /// `Retry-After` the receiver asked for (itself capped at `max`).
-pub fn retry_delay(attempt: u32, base: Duration, max: Duration, retry_after: Option<Duration>) -> Duration {
+pub fn retry_delay(
+    attempt: u32,
+    base: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+) -> Duration {
     let exp = attempt.saturating_sub(1).min(40);
     let ceiling = base.saturating_mul(1u32 << exp.min(31)).min(max);
     let jittered = Duration::from_micros(rand::rng().random_range(0..=ceiling.as_micros() as u64));
@@ -32,7 +37,11 @@ pub struct PollBackoff {
 impl PollBackoff {
     pub fn new(max: Duration) -> Self {
         let min = max.min(Duration::from_millis(20));
-        Self { min, max, current: min }
+        Self {
+            min,
+            max,
+            current: min,
+        }
     }
 
     /// The next idle sleep, jittered to 50-100% of the current step.
@@ -68,7 +77,10 @@ mod tests {
         }
         assert!(retry_delay(1, base, max, None) <= base);
         assert!(retry_delay(1, base, max, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
-        assert_eq!(retry_delay(1, base, max, Some(Duration::from_secs(3600))), max);
+        assert_eq!(
+            retry_delay(1, base, max, Some(Duration::from_secs(3600))),
+            max
+        );
     }
 
     #[test]

@@ -67,12 +67,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
                     release_key,
                     lag_s,
                 } => {
-                    let g = groups.entry(Arc::as_ptr(&batch) as usize).or_insert_with(|| Group {
-                        batch: batch.clone(),
-                        rows: Vec::new(),
-                        keys: Vec::new(),
-                        lags: Vec::new(),
-                    });
+                    let g = groups
+                        .entry(Arc::as_ptr(&batch) as usize)
+                        .or_insert_with(|| Group {
+                            batch: batch.clone(),
+                            rows: Vec::new(),
+                            keys: Vec::new(),
+                            lags: Vec::new(),
+                        });
                     g.rows.push((id, finish));
                     g.keys.extend(release_key);
                     g.lags.extend(lag_s);
@@ -110,7 +112,12 @@ async fn write_group(shared: &Shared, g: Group) {
     record(shared, &g, counts);
 
     if !g.keys.is_empty() {
-        if let Err(e) = shared.deps.redlock.release_keys(&g.batch.lock, &g.keys).await {
+        if let Err(e) = shared
+            .deps
+            .redlock
+            .release_keys(&g.batch.lock, &g.keys)
+            .await
+        {
             tracing::debug!(error = %e, "releasing keys failed; they expire with their TTL");
         }
     }
@@ -133,7 +140,12 @@ fn record(shared: &Shared, g: &Group, c: FinishCounts) {
         (c.retried, &m.retried, &t.retried, &b.retried),
         (c.failed, &m.failed, &t.failed, &b.failed),
         (c.expired, &m.expired, &t.expired, &b.expired),
-        (c.handed_back, &m.handed_back, &t.handed_back, &b.handed_back),
+        (
+            c.handed_back,
+            &m.handed_back,
+            &t.handed_back,
+            &b.handed_back,
+        ),
         (c.lost, &m.lost_ownership, &t.lost, &b.lost),
     ] {
         metric.inc_by(count);
@@ -157,7 +169,11 @@ fn record(shared: &Shared, g: &Group, c: FinishCounts) {
 fn log_batch(shared: &Shared, b: &ClaimBatch) {
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let elapsed = b.started.elapsed();
-    shared.deps.metrics.batch_duration.observe(elapsed.as_secs_f64());
+    shared
+        .deps
+        .metrics
+        .batch_duration
+        .observe(elapsed.as_secs_f64());
     tracing::info!(
         claimed = b.claimed,
         sent = g(&b.sent),

@@ -213,7 +213,10 @@ impl Worker {
 }
 
 async fn wait_drained(shared: &Shared) {
-    wait_for(&shared.room, || shared.in_flight.load(Ordering::Acquire) == 0).await;
+    wait_for(&shared.room, || {
+        shared.in_flight.load(Ordering::Acquire) == 0
+    })
+    .await;
 }
 
 /// Waits until `ready()` holds, re-checking whenever `notify` fires. The

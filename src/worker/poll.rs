@@ -65,7 +65,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             continue;
         }
-        let want = cfg.batch_size.min(capacity - shared.in_flight.load(Ordering::Acquire));
+        let want = cfg
+            .batch_size
+            .min(capacity - shared.in_flight.load(Ordering::Acquire));
         let pause = match poll_once(&shared, want).await {
             Ok(round) if round.candidates >= want => {
                 backoff.reset();
@@ -119,8 +121,12 @@ async fn poll_once(shared: &Arc<Shared>, want: usize) -> anyhow::Result<Round> {
         .acquire_many(&keys, cfg.lock_ttl)
         .await
         .context("locking the batch")?;
-    metrics.lock_acquire_duration.observe(t.elapsed().as_secs_f64());
-    metrics.lock_contended.inc_by((keys.len() - lock.granted().len()) as u64);
+    metrics
+        .lock_acquire_duration
+        .observe(t.elapsed().as_secs_f64());
+    metrics
+        .lock_contended
+        .inc_by((keys.len() - lock.granted().len()) as u64);
     if lock.granted().is_empty() {
         return Ok(Round {
             candidates: candidates.len(),
@@ -224,7 +230,9 @@ async fn poll_once(shared: &Arc<Shared>, want: usize) -> anyhow::Result<Round> {
 
     let n = jobs.len();
     shared.in_flight.fetch_add(n, Ordering::AcqRel);
-    metrics.in_flight.set(shared.in_flight.load(Ordering::Relaxed) as i64);
+    metrics
+        .in_flight
+        .set(shared.in_flight.load(Ordering::Relaxed) as i64);
     metrics.claimed.inc_by(n as u64);
     shared.totals.claimed.fetch_add(n as u64, Ordering::Relaxed);
     let batch = Arc::new(ClaimBatch {

@@ -11,7 +11,11 @@ use crate::config::{BenchArgs, CleanupCmdArgs, Settings, WorkerArgs, WorkerConfi
 /// Runs a worker until SIGTERM or SIGINT, drains, and exits 0. A second
 /// signal exits at once (code 130): the operator asked twice, and whatever
 /// is still claimed comes back when its lease expires.
-pub async fn run_process(settings: Settings, config: WorkerConfig, _args: WorkerArgs) -> anyhow::Result<ExitCode> {
+pub async fn run_process(
+    settings: Settings,
+    config: WorkerConfig,
+    _args: WorkerArgs,
+) -> anyhow::Result<ExitCode> {
     let app = App::build(settings, config).await?;
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
@@ -22,7 +26,10 @@ pub async fn run_process(settings: Settings, config: WorkerConfig, _args: Worker
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!(signal = first, "shutting down (send it again to exit at once)");
+        tracing::info!(
+            signal = first,
+            "shutting down (send it again to exit at once)"
+        );
         trigger.cancel();
         let second = tokio::select! {
             _ = term.recv() => "SIGTERM",

@@ -40,7 +40,14 @@ pub(crate) async fn run_user(shared: Arc<Shared>, batch: Arc<ClaimBatch>, jobs: 
     }
 }
 
-fn report(shared: &Shared, batch: Arc<ClaimBatch>, job: Job, finish: Finish, lag: Option<f64>, release: bool) {
+fn report(
+    shared: &Shared,
+    batch: Arc<ClaimBatch>,
+    job: Job,
+    finish: Finish,
+    lag: Option<f64>,
+    release: bool,
+) {
     let done = Done::Row {
         batch,
         id: job.id,
@@ -101,7 +108,10 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
     // Step 4 of the protocol: send only while the lock outlives the send.
     let margin = cfg.lock_ttl / 20;
     if batch.lock.remaining_validity() < cfg.send_timeout + margin {
-        tracing::debug!(id = row.id, "lock validity too short for another send; handing back");
+        tracing::debug!(
+            id = row.id,
+            "lock validity too short for another send; handing back"
+        );
         return (Finish::HandBack, None);
     }
 
@@ -130,7 +140,11 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             return (Finish::HandBack, None);
         }
     };
-    shared.deps.metrics.send_duration.observe(started.elapsed().as_secs_f64());
+    shared
+        .deps
+        .metrics
+        .send_duration
+        .observe(started.elapsed().as_secs_f64());
 
     match outcome {
         SendOutcome::Sent => {
@@ -140,10 +154,16 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             tracing::debug!(id = row.id, attempt = row.attempts, "sent");
             (Finish::Sent, lag)
         }
-        SendOutcome::Transient { reason, retry_after } => {
+        SendOutcome::Transient {
+            reason,
+            retry_after,
+        } => {
             if row.attempts >= cfg.max_attempts {
                 tracing::info!(id = row.id, attempts = row.attempts, reason = %reason, "giving up");
-                return (failed(format!("gave up after {} attempts: {reason}", row.attempts)), None);
+                return (
+                    failed(format!("gave up after {} attempts: {reason}", row.attempts)),
+                    None,
+                );
             }
             let delay = retry_delay(row.attempts, cfg.retry_base, cfg.retry_max, retry_after);
             tracing::debug!(id = row.id, attempt = row.attempts, ?delay, reason = %reason, "retrying later");

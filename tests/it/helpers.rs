@@ -200,3 +200,80 @@ pub fn signal(child: &Child, sig: &str) {
         .expect("running kill");
     assert!(status.success(), "kill -{sig} {} failed", child.id());
 }
+
+/// A `herald worker` child process whose stderr (the logs) goes to a file.
+/// Killed (SIGKILL) when dropped, so a failing test leaves no strays.
+pub struct WorkerProc {
+    pub child: Child,
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkerProc {
+    /// Starts `herald worker` on `db` with the key prefix and extra settings.
+    /// HTTP is off unless `HERALD_HTTP_ADDR` is given.
+    pub fn spawn(db: &TestDb, prefix: &str, envs: &[(&str, String)]) -> WorkerProc {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("worker.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = herald(Some(db));
+        cmd.env("HERALD_KEY_PREFIX", prefix)
+            .env("HERALD_LOG", "info")
+            .env("HERALD_HTTP_ADDR", "")
+            .env("HERALD_CLEANUP", "false")
+            .env("HERALD_STATS_INTERVAL_S", "0");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .arg("worker")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning herald worker");
+        WorkerProc {
+            child,
+            log_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        signal(&self.child, sig);
+    }
+
+    /// Waits for the process to exit, failing the test after `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > deadline {
+                panic!(
+                    "worker did not exit within {deadline:?}; logs:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(self.child.id().to_string())
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
