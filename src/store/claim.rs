@@ -51,15 +51,21 @@ pub async fn candidates(
                 .push(")");
         }
     }
-    let rows: Vec<(u64, u64, DateTime<Utc>)> = qb.build_query_as().fetch_all(pool).await?;
-    let mut out: Vec<Candidate> = rows
-        .into_iter()
-        .map(|(id, user_id, due_at)| Candidate {
-            id,
-            user_id,
+    let rows = qb.build().fetch_all(pool).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // A due_at another service wrote badly (a zero date) must not make
+        // every poll fail: treat it as due now; the claimed row then fails
+        // on its own with the reason.
+        let due_at = row
+            .try_get::<DateTime<Utc>, _>("due_at")
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        out.push(Candidate {
+            id: row.try_get("id")?,
+            user_id: row.try_get("user_id")?,
             due_at,
-        })
-        .collect();
+        });
+    }
     out.sort_by_key(|c| (c.due_at, c.id));
     out.truncate(limit);
     Ok(out)

@@ -4,5 +4,7 @@
 mod foundation;
 mod helpers;
 mod lock;
+mod receiver;
 mod redis_procs;
 mod transport;
+mod worker;
