@@ -30,6 +30,9 @@ pub struct LockConfig {
     /// A granted lock whose validity is below this is released and reported
     /// as [`LockError::ValidityExhausted`](super::LockError::ValidityExhausted).
     pub min_validity: Duration,
+    /// PEM of the CA(s) to trust for `rediss://` masters instead of the public
+    /// web roots (managed Redis with a private CA, and tests).
+    pub tls_root_ca: Option<Vec<u8>>,
 }
 
 impl Default for LockConfig {
@@ -42,6 +45,7 @@ impl Default for LockConfig {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(1),
             min_validity: Duration::ZERO,
+            tls_root_ca: None,
         }
     }
 }
@@ -133,6 +137,7 @@ impl fmt::Debug for LockConfig {
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("min_validity", &self.min_validity)
+            .field("tls_root_ca", &self.tls_root_ca.as_ref().map(|_| "<pem>"))
             .finish()
     }
 }
