@@ -32,6 +32,8 @@ pub struct LockBenchOpts {
     /// Acquires timed in each hung-master phase.
     pub hung_samples: usize,
     pub master_timeout: Duration,
+    /// Connections per master (`LockConfig::pool_size`).
+    pub pool_size: u32,
     pub ttl: Duration,
 }
 
@@ -44,6 +46,7 @@ impl Default for LockBenchOpts {
             batch_tasks: 2,
             hung_samples: 2000,
             master_timeout: Duration::from_millis(50),
+            pool_size: LockConfig::default().pool_size,
             ttl: Duration::from_secs(10),
         }
     }
@@ -55,6 +58,7 @@ pub struct LockBenchReport {
     /// True when the benchmark started its own local masters.
     pub own_masters: bool,
     pub master_timeout_ms: f64,
+    pub pool_size: u32,
     pub sequential_cycles_per_s: f64,
     pub concurrent_tasks: usize,
     pub concurrent_cycles_per_s: f64,
@@ -157,6 +161,7 @@ pub async fn run_lock_bench(
         masters: urls.clone(),
         key_prefix: prefix,
         master_timeout: opts.master_timeout,
+        pool_size: opts.pool_size,
         ..LockConfig::default()
     };
     let rl = Redlock::new(cfg.clone()).await?;
@@ -249,6 +254,7 @@ pub async fn run_lock_bench(
         masters: urls.len(),
         own_masters: !own.is_empty(),
         master_timeout_ms: opts.master_timeout.as_secs_f64() * 1e3,
+        pool_size: opts.pool_size,
         sequential_cycles_per_s: sequential.round(),
         concurrent_tasks: opts.concurrency,
         concurrent_cycles_per_s: concurrent.round(),

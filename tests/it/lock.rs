@@ -757,7 +757,20 @@ async fn bench_locks() {
         .filter(|s| !s.trim().is_empty())
         .map(|s| s.split(',').map(|u| u.trim().to_owned()).collect())
         .unwrap_or_default();
-    let report = herald::lock::bench::run_lock_bench(urls, Default::default())
+    let mut opts = herald::lock::bench::LockBenchOpts::default();
+    if let Some(n) = std::env::var("HERALD_BENCH_POOL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.pool_size = n;
+    }
+    if let Some(ms) = std::env::var("HERALD_BENCH_PHASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.phase = Duration::from_millis(ms);
+    }
+    let report = herald::lock::bench::run_lock_bench(urls, opts)
         .await
         .unwrap();
     println!("{}", serde_json::to_string(&report).unwrap());
