@@ -266,6 +266,11 @@ pub async fn run_lock_bench(
     })
 }
 
+/// Same as [`run_lock_bench`] (the name the CLI wiring may prefer).
+pub async fn run(urls: Vec<String>, opts: LockBenchOpts) -> anyhow::Result<LockBenchReport> {
+    run_lock_bench(urls, opts).await
+}
+
 async fn hung_phase(rl: &Redlock, tag: &str, ttl: Duration, samples: usize) -> HungReport {
     let before = rl.metrics().snapshot();
     let mut lat = Vec::with_capacity(samples);
