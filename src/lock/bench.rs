@@ -1,1 +1,311 @@
-//! Lock benchmark, placeholder.
+//! Lock benchmark behind `herald bench locks --json`.
+//!
+//! Measures what the worker relies on: uncontended acquire+release cycles
+//! (sequential and from many tasks), batched locking of 500 keys per call,
+//! and acquire latency while one of three masters is hung (SIGSTOP). Given no
+//! URLs it starts its own three `redis-server` processes on free ports (and
+//! kills them afterwards); the hung-master phase needs those, because it has
+//! to stop a server process.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::{LockConfig, Redlock, Token};
+
+/// Knobs of [`run_lock_bench`].
+#[derive(Debug, Clone)]
+pub struct LockBenchOpts {
+    /// Duration of each throughput phase.
+    pub phase: Duration,
+    /// Tasks of the concurrent phase.
+    pub concurrency: usize,
+    /// Keys per call of the batched phase.
+    pub batch_size: usize,
+    /// Concurrent callers of the batched phase (each with its own keys).
+    pub batch_tasks: usize,
+    /// Acquires timed in each hung-master phase.
+    pub hung_samples: usize,
+    pub master_timeout: Duration,
+    /// Connections per master (`LockConfig::pool_size`).
+    pub pool_size: u32,
+    pub ttl: Duration,
+}
+
+impl Default for LockBenchOpts {
+    fn default() -> Self {
+        Self {
+            phase: Duration::from_secs(3),
+            concurrency: 64,
+            batch_size: 500,
+            batch_tasks: 2,
+            hung_samples: 2000,
+            master_timeout: Duration::from_millis(50),
+            pool_size: LockConfig::default().pool_size,
+            ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockBenchReport {
+    pub masters: usize,
+    /// True when the benchmark started its own local masters.
+    pub own_masters: bool,
+    pub master_timeout_ms: f64,
+    pub pool_size: u32,
+    pub sequential_cycles_per_s: f64,
+    pub concurrent_tasks: usize,
+    pub concurrent_cycles_per_s: f64,
+    pub batch_size: usize,
+    pub batch_tasks: usize,
+    /// Keys locked and released per second (each key: one SET and one
+    /// release on every master).
+    pub batched_keys_per_s: f64,
+    /// One of three masters SIGSTOPped, circuit breaker as configured.
+    pub hung_master: Option<HungReport>,
+    /// Same, breaker disabled: every acquire still sends to the hung master.
+    pub hung_master_no_breaker: Option<HungReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HungReport {
+    pub samples: usize,
+    pub failures: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub hung_master_timeouts: u64,
+    pub hung_master_breaker_rejections: u64,
+}
+
+/// A local redis-server for the benchmark, killed on drop.
+struct LocalRedis {
+    port: u16,
+    child: Child,
+}
+
+impl LocalRedis {
+    fn start() -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (is it installed?)")?;
+        let me = Self { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server on port {port} did not start");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(me)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill {sig} failed");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        let _ = self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs all phases against `urls`, or against three local masters it starts
+/// itself when `urls` is empty. Keys live under a random prefix and are
+/// released; nothing else on the masters is touched.
+pub async fn run_lock_bench(
+    urls: Vec<String>,
+    opts: LockBenchOpts,
+) -> anyhow::Result<LockBenchReport> {
+    let own: Vec<LocalRedis> = if urls.is_empty() {
+        (0..3)
+            .map(|_| LocalRedis::start())
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let urls = if own.is_empty() {
+        urls
+    } else {
+        own.iter().map(LocalRedis::url).collect()
+    };
+    let prefix = format!("bench-{}:", &Token::random()?.to_hex()[..12]);
+    let cfg = LockConfig {
+        masters: urls.clone(),
+        key_prefix: prefix,
+        master_timeout: opts.master_timeout,
+        pool_size: opts.pool_size,
+        ..LockConfig::default()
+    };
+    let rl = Redlock::new(cfg.clone()).await?;
+    let ttl = opts.ttl;
+
+    // Warm-up: connections dialled, scripts loaded.
+    for i in 0..200 {
+        let l = rl.acquire(&format!("warm:{i}"), ttl).await?;
+        rl.release(l).await?;
+    }
+
+    let sequential = {
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed() < opts.phase {
+            let l = rl.acquire(&format!("seq:{n}"), ttl).await?;
+            rl.release(l).await?;
+            n += 1;
+        }
+        n as f64 / t0.elapsed().as_secs_f64()
+    };
+
+    let concurrent = {
+        let done = Arc::new(AtomicU64::new(0));
+        let t0 = Instant::now();
+        let end = t0 + opts.phase;
+        let mut tasks = Vec::new();
+        for t in 0..opts.concurrency {
+            let rl = rl.clone();
+            let done = done.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < end {
+                    let l = rl.acquire(&format!("c:{t}:{i}"), ttl).await?;
+                    rl.release(l).await?;
+                    i += 1;
+                }
+                done.fetch_add(i, Ordering::Relaxed);
+                Ok::<_, super::LockError>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+    };
+
+    let batched = {
+        let done = Arc::new(AtomicU64::new(0));
+        let t0 = Instant::now();
+        let end = t0 + opts.phase;
+        let mut tasks = Vec::new();
+        for t in 0..opts.batch_tasks.max(1) {
+            let rl = rl.clone();
+            let done = done.clone();
+            let keys: Vec<String> = (0..opts.batch_size).map(|i| format!("b:{t}:{i}")).collect();
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < end {
+                    let b = rl.acquire_many(&keys, ttl).await?;
+                    done.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    rl.release_many(b).await?;
+                }
+                Ok::<_, super::LockError>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+    };
+
+    let (hung, hung_nb) = if own.len() == 3 {
+        own[2].signal("-STOP")?;
+        let with_breaker = hung_phase(&rl, "h1", ttl, opts.hung_samples).await;
+        let no_breaker = Redlock::new(LockConfig {
+            breaker_failures: u32::MAX,
+            ..cfg.clone()
+        })
+        .await?;
+        // This instance meets the third master already hung, as a freshly
+        // started process would.
+        let without = hung_phase(&no_breaker, "h2", ttl, opts.hung_samples).await;
+        own[2].signal("-CONT")?;
+        (Some(with_breaker), Some(without))
+    } else {
+        (None, None)
+    };
+
+    Ok(LockBenchReport {
+        masters: urls.len(),
+        own_masters: !own.is_empty(),
+        master_timeout_ms: opts.master_timeout.as_secs_f64() * 1e3,
+        pool_size: opts.pool_size,
+        sequential_cycles_per_s: sequential.round(),
+        concurrent_tasks: opts.concurrency,
+        concurrent_cycles_per_s: concurrent.round(),
+        batch_size: opts.batch_size,
+        batch_tasks: opts.batch_tasks.max(1),
+        batched_keys_per_s: batched.round(),
+        hung_master: hung,
+        hung_master_no_breaker: hung_nb,
+    })
+}
+
+/// Same as [`run_lock_bench`] (the name the CLI wiring may prefer).
+pub async fn run(urls: Vec<String>, opts: LockBenchOpts) -> anyhow::Result<LockBenchReport> {
+    run_lock_bench(urls, opts).await
+}
+
+async fn hung_phase(rl: &Redlock, tag: &str, ttl: Duration, samples: usize) -> HungReport {
+    let before = rl.metrics().snapshot();
+    let mut lat = Vec::with_capacity(samples);
+    let mut failures = 0;
+    for i in 0..samples {
+        let t0 = Instant::now();
+        let r = rl.acquire(&format!("{tag}:{i}"), ttl).await;
+        lat.push(t0.elapsed());
+        match r {
+            Ok(l) => {
+                let _ = rl.release(l).await;
+            }
+            Err(_) => failures += 1,
+        }
+    }
+    lat.sort();
+    let pct = |p: f64| {
+        let idx = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len().max(1)) - 1;
+        lat.get(idx).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let after = rl.metrics().snapshot();
+    let hung = |s: &super::LockMetricsSnapshot| {
+        s.masters
+            .get(2)
+            .map_or((0, 0), |m| (m.timeouts, m.breaker_rejections))
+    };
+    let (t0, r0) = hung(&before);
+    let (t1, r1) = hung(&after);
+    HungReport {
+        samples,
+        failures,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+        hung_master_timeouts: t1 - t0,
+        hung_master_breaker_rejections: r1 - r0,
+    }
+}

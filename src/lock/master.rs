@@ -103,7 +103,16 @@ impl Master {
         if url.scheme() == "rediss" {
             install_tls_provider();
         }
-        let client = redis::Client::open(url.expose())?;
+        let client = match (&cfg.tls_root_ca, url.scheme()) {
+            (Some(ca), "rediss") => redis::Client::build_with_tls(
+                url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+            _ => redis::Client::open(url.expose())?,
+        };
         // Our own per-request timeout governs; the connect timeout only stops
         // background dialling of a black-holed master from piling up.
         let config = AsyncConnectionConfig::new()

@@ -17,7 +17,7 @@
 //! * `master` — pool, per-request timeout and breaker of one master;
 //!   `breaker` — the circuit breaker itself.
 //! * `scripts` — owner-only release/extend in Lua (EVALSHA, NOSCRIPT fallback).
-//! * [`config`], [`error`], [`metrics`], [`token`], [`bench`].
+//! * [`config`], [`error`], [`metrics`], [`token`], [`mod@bench`].
 //!
 //! # The algorithm, and where it bends
 //!

@@ -35,9 +35,10 @@ impl LockGuard {
         &self.token
     }
 
-    /// Cancelled when the lock is lost; select on it around the work.
-    pub fn lost(&self) -> CancellationToken {
-        self.lost.clone()
+    /// Cancelled when the lock is lost; select on it around the work
+    /// (clone it to move it into another task).
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
     }
 
     pub fn is_lost(&self) -> bool {

@@ -21,7 +21,7 @@ impl Redlock {
     /// otherwise tries again after a short jittered pause, within half a
     /// window (at most 5 s).
     pub async fn once_per_window(&self, name: &str, window: Duration) -> Result<bool, LockError> {
-        let drift = check_ttl(window)?;
+        check_ttl(window)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -50,7 +50,6 @@ impl Redlock {
                     async move { Ok(cmd.query_async::<Option<String>>(&mut c).await?.is_some()) }
                 });
                 let t = tally(inner, round, Stop::Decided, |b| *b).await;
-                let _ = drift;
                 if t.yes >= inner.quorum {
                     debug!("won the window");
                     return Ok(true);

@@ -746,3 +746,136 @@ async fn shared_redis_with_a_unique_prefix() {
     rl.probe(Duration::from_millis(500)).await.unwrap();
     assert!(keys_on("redis://127.0.0.1:6379", &p).await.is_empty());
 }
+
+/// The lock benchmark (`herald bench locks --json` calls the same function).
+/// Run in release: `cargo test --release --test it lock::bench_locks -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run explicitly in release"]
+async fn bench_locks() {
+    let urls: Vec<String> = std::env::var("HERALD_REDIS_URLS")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.split(',').map(|u| u.trim().to_owned()).collect())
+        .unwrap_or_default();
+    let mut opts = herald::lock::bench::LockBenchOpts::default();
+    if let Some(n) = std::env::var("HERALD_BENCH_POOL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.pool_size = n;
+    }
+    if let Some(ms) = std::env::var("HERALD_BENCH_PHASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.phase = Duration::from_millis(ms);
+    }
+    let report = herald::lock::bench::run_lock_bench(urls, opts)
+        .await
+        .unwrap();
+    println!("{}", serde_json::to_string(&report).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=herald-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let path = |f: &str| d.join(f).to_str().unwrap().to_owned();
+    let tls_port = crate::redis_procs::free_port().to_string();
+    let srv = RedisProc::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("srv.crt"),
+        "--tls-key-file",
+        &path("srv.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let p = prefix();
+    let cfg = LockConfig {
+        tls_root_ca: Some(std::fs::read(d.join("ca.crt")).unwrap()),
+        ..config(vec![format!("rediss://127.0.0.1:{tls_port}")], &p)
+    };
+    let rl = Redlock::new(cfg).await.unwrap();
+    let lock = rl.acquire("tls", ttl()).await.unwrap();
+    let mut batch = rl
+        .acquire_many(&["a".into(), "b".into()], ttl())
+        .await
+        .unwrap();
+    rl.extend_many(&mut batch, ttl()).await.unwrap();
+    rl.release_many(batch).await.unwrap();
+    rl.release(lock).await.unwrap();
+    assert!(
+        keys_on(&srv.url(), &p).await.is_empty(),
+        "plain port sees the same data"
+    );
+    // Without the CA the server's certificate is rejected.
+    let untrusted = redlock(vec![format!("rediss://127.0.0.1:{tls_port}")], &p).await;
+    assert!(matches!(
+        untrusted.acquire("tls", ttl()).await,
+        Err(LockError::NoQuorum { .. })
+    ));
+}
