@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS notifications (
     -- Covering index of the candidate query: region, status, due time, id
     -- (then user_id so per-user locking needs no row lookup).
     KEY ix_notifications_due (region, status, due_at, id, user_id),
-    -- Cleanup: finished rows of one status, oldest first.
-    KEY ix_notifications_finished (status, finished_at, id),
+    -- Cleanup: finished rows, oldest first. Deliberately without status:
+    -- finished_at only changes once (at the final write), so claiming a row
+    -- never touches this index.
+    KEY ix_notifications_finished (finished_at),
     KEY ix_notifications_user (user_id, due_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci;
