@@ -92,7 +92,16 @@ pub async fn run(
     // A second in the past, so a database clock slightly behind ours still
     // sees every row as due.
     let send_at = Utc::now() - chrono::Duration::seconds(1);
-    workload::enqueue(&db.store, 0, params.m, params.users, channel, region, send_at).await?;
+    workload::enqueue(
+        &db.store,
+        0,
+        params.m,
+        params.users,
+        channel,
+        region,
+        send_at,
+    )
+    .await?;
     let expected = workload::ids_after(&db.store, old_max).await?;
     eprintln!("{label}: enqueued {}; starting workers", expected.len());
 
@@ -150,8 +159,12 @@ pub async fn run(
 
     let wall_s = wall.as_secs_f64();
     let jobs_per_s = m as f64 / wall_s;
-    let ideal_ratio = (params.l_ms > 0)
-        .then(|| round(jobs_per_s / (w as f64 * params.c as f64 * 1000.0 / params.l_ms as f64), 3));
+    let ideal_ratio = (params.l_ms > 0).then(|| {
+        round(
+            jobs_per_s / (w as f64 * params.c as f64 * 1000.0 / params.l_ms as f64),
+            3,
+        )
+    });
     let report = Report {
         system: "herald",
         scenario: params.scenario.name(),
@@ -205,9 +218,7 @@ pub async fn wait_finished(
                 return Ok(t0.elapsed());
             }
             if t0.elapsed() > timeout {
-                bail!(
-                    "{label}: only {finished} of {m} finished after {timeout:?} ({d} delivered)"
-                );
+                bail!("{label}: only {finished} of {m} finished after {timeout:?} ({d} delivered)");
             }
         }
         let since = last_report.0.elapsed();

@@ -54,7 +54,10 @@ impl Fleet {
                 .env("HERALD_HTTP_ADDR", "")
                 .env("HERALD_STATS_INTERVAL_S", "0")
                 .env("HERALD_LOG", "warn")
-                .env("HERALD_WORKER_ID", format!("bench-{i}-{}", std::process::id()))
+                .env(
+                    "HERALD_WORKER_ID",
+                    format!("bench-{i}-{}", std::process::id()),
+                )
                 .env("HERALD_CLEANUP", (!env.cleanup.is_empty()).to_string());
             if let Some(path) = &env.file_path {
                 cmd.env("HERALD_FILE_PATH", path);

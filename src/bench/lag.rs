@@ -48,8 +48,16 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
         let due = ((t0.elapsed().as_secs_f64() * params.rate as f64) as u64).min(total);
         if due > inserted {
             let n = due - inserted;
-            workload::enqueue(&db.store, inserted, n, params.users, "file", region, Utc::now())
-                .await?;
+            workload::enqueue(
+                &db.store,
+                inserted,
+                n,
+                params.users,
+                "file",
+                region,
+                Utc::now(),
+            )
+            .await?;
             inserted = due;
         }
         if Instant::now() >= next_report {

@@ -29,8 +29,6 @@ pub mod workload;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::bail;
-
 use crate::config::{BenchArgs, BenchScenario, ConfigError, Settings};
 
 /// The resolved parameters of one invocation.
@@ -57,7 +55,7 @@ impl Params {
         let scenario = match (args.what, args.scenario) {
             (Some(a), Some(b)) if a != b => {
                 return Err(ConfigError::new(
-                    "-",
+                    "herald bench",
                     "--scenario",
                     format!(
                         "{} contradicts the positional argument {}",
@@ -69,7 +67,7 @@ impl Params {
             (Some(a), _) | (None, Some(a)) => a,
             (None, None) => {
                 return Err(ConfigError::new(
-                    "-",
+                    "herald bench",
                     "--scenario",
                     "say what to measure: herald bench <locks|s1|s2|webhook|lag|cleanup>",
                 ))
@@ -92,7 +90,7 @@ impl Params {
                     Ok(v) if !v.is_empty() && v.iter().all(|w| (1..=64).contains(w)) => v,
                     _ => {
                         return Err(ConfigError::new(
-                            "-",
+                            "herald bench",
                             "--w",
                             format!("{raw:?} is not a comma-separated list of 1..=64"),
                         ))
@@ -102,18 +100,30 @@ impl Params {
         };
         let c = args.c.unwrap_or(c);
         if !(1..=10_000).contains(&c) {
-            return Err(ConfigError::new("-", "--c", format!("{c} is out of range 1..=10000")));
+            return Err(ConfigError::new(
+                "herald bench",
+                "--c",
+                format!("{c} is out of range 1..=10000"),
+            ));
         }
         let m = args.m.unwrap_or(m);
         if scenario != BenchScenario::Lag && scenario != BenchScenario::Locks && m == 0 {
-            return Err(ConfigError::new("-", "--m", "must be positive"));
+            return Err(ConfigError::new("herald bench", "--m", "must be positive"));
         }
         let rate = args.rate.unwrap_or(1_000);
         if scenario == BenchScenario::Lag && !(1..=1_000_000).contains(&rate) {
-            return Err(ConfigError::new("-", "--rate", "must be 1..=1000000"));
+            return Err(ConfigError::new(
+                "herald bench",
+                "--rate",
+                "must be 1..=1000000",
+            ));
         }
         if args.users == 0 {
-            return Err(ConfigError::new("-", "--users", "must be positive"));
+            return Err(ConfigError::new(
+                "herald bench",
+                "--users",
+                "must be positive",
+            ));
         }
         Ok(Params {
             scenario,
@@ -202,13 +212,16 @@ async fn locks(settings: &Settings, params: &Params, external: bool) -> anyhow::
         opts.phase.as_secs()
     );
     let report = crate::lock::bench::run(urls, opts).await?;
-    let mut value = serde_json::json!({"system": "herald", "scenario": "locks"});
-    if let (Some(obj), serde_json::Value::Object(rest)) =
-        (value.as_object_mut(), serde_json::to_value(&report)?)
-    {
-        obj.extend(rest);
-    } else {
-        bail!("lock report is not a JSON object");
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        system: &'static str,
+        scenario: &'static str,
+        #[serde(flatten)]
+        report: &'a crate::lock::bench::LockBenchReport,
     }
-    report::print_line(&value)
+    report::print_line(&Line {
+        system: "herald",
+        scenario: "locks",
+        report: &report,
+    })
 }

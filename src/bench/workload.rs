@@ -30,7 +30,10 @@ pub struct BenchDb {
 impl BenchDb {
     /// Creates and migrates a new database on the server of `base`.
     pub async fn create(base: &SecretUrl, keep: bool) -> anyhow::Result<BenchDb> {
-        let name = format!("herald_bench_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let name = format!(
+            "herald_bench_{:012x}",
+            rand::random::<u64>() & 0xffff_ffff_ffff
+        );
         let mut url = base.url().clone();
         url.set_path(&format!("/{name}"));
         let url = SecretUrl::parse(url.as_str()).map_err(anyhow::Error::msg)?;
