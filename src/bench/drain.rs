@@ -125,7 +125,7 @@ pub async fn run(
     let t0 = Instant::now();
     let mut fleet = Fleet::start(settings, w, &env)?;
     let m = expected.len() as u64;
-    let wall = wait_finished(
+    let (wall, first) = wait_finished(
         &db.store,
         &mut fleet,
         &label,
@@ -165,7 +165,7 @@ pub async fn run(
             3,
         )
     });
-    let report = Report {
+    let mut report = Report {
         system: "herald",
         scenario: params.scenario.name(),
         m,
@@ -180,6 +180,9 @@ pub async fn run(
         ideal_ratio,
         extra: Default::default(),
     };
+    if let Some(f) = first {
+        report.set("first_delivery_s", round(f.as_secs_f64(), 3));
+    }
     eprintln!(
         "{label}: {m} in {wall_s:.3} s = {jobs_per_s:.0}/s, dupes {dupes}, lost {lost}, peak RSS {peak:.1} MiB"
     );
@@ -191,7 +194,7 @@ pub async fn run(
 }
 
 /// Polls until `m` rows above `after_id` are finished; returns the time since
-/// `t0`. `delivered()` (cheap: lines in the output file, or the receiver's
+/// `t0`, and when the first delivery was seen (worker start-up included). `delivered()` (cheap: lines in the output file, or the receiver's
 /// count) drives progress and decides when to ask the database every 20 ms
 /// instead of every 500 ms, so the polling barely loads the database.
 #[allow(clippy::too_many_arguments)]
@@ -204,18 +207,22 @@ pub async fn wait_finished(
     t0: Instant,
     timeout: Duration,
     mut delivered: impl FnMut() -> u64,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, Option<Duration>)> {
+    let mut first: Option<Duration> = None;
     let mut last_db = Instant::now();
     let mut last_report = (Instant::now(), 0u64);
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         fleet.check_alive()?;
         let d = delivered();
+        if d > 0 && first.is_none() {
+            first = Some(t0.elapsed());
+        }
         if d >= m || last_db.elapsed() >= Duration::from_millis(500) {
             let finished = workload::finished_count(store, after_id).await?;
             last_db = Instant::now();
             if finished >= m {
-                return Ok(t0.elapsed());
+                return Ok((t0.elapsed(), first));
             }
             if t0.elapsed() > timeout {
                 bail!("{label}: only {finished} of {m} finished after {timeout:?} ({d} delivered)");

@@ -71,7 +71,7 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
         tokio::time::sleep(TICK).await;
     }
     let mut lines = super::delivered::LineCounter::open(&output)?;
-    let wall = wait_finished(
+    let (wall, _) = wait_finished(
         &db.store,
         &mut fleet,
         &label,
