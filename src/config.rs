@@ -408,34 +408,86 @@ pub struct EnqueueArgs {
     pub max_payload_bytes: usize,
 }
 
+/// What `herald bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchScenario {
+    /// The Redlock implementation alone (acquire/release cycles, batches, a hung master).
+    Locks,
+    /// Queue mechanics: M=50,000, W=2, C=64, L=0, file transport.
+    S1,
+    /// Scale-out: M=20,000, C=50, L=20 ms, W=1,2,4, file transport; reports the ratio to W·C/L.
+    S2,
+    /// S1's shape through the real webhook transport to an in-process receiver that waits L ms.
+    Webhook,
+    /// Steady enqueue at --rate per second for --seconds while the workers run; delivery lag percentiles.
+    Lag,
+    /// S1 while cleanup deletes a backlog of old sent rows, next to a plain S1 run.
+    Cleanup,
+}
+
+impl BenchScenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchScenario::Locks => "locks",
+            BenchScenario::S1 => "s1",
+            BenchScenario::S2 => "s2",
+            BenchScenario::Webhook => "webhook",
+            BenchScenario::Lag => "lag",
+            BenchScenario::Cleanup => "cleanup",
+        }
+    }
+}
+
+/// `herald bench` options. Every override is optional; the scenario gives the defaults.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// What to measure: locks, s1, s2, webhook, lag, cleanup.
-    pub what: String,
-    /// Print JSON (the default and only output on stdout).
+    /// What to measure.
+    #[arg(value_enum)]
+    pub what: Option<BenchScenario>,
+    /// Same as the positional argument.
+    #[arg(long, value_enum)]
+    pub scenario: Option<BenchScenario>,
+    /// Accepted for clarity: the result is always one JSON line per run on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Benchmark scenario (alias of the positional argument for the shared workload).
-    #[arg(long)]
-    pub scenario: Option<String>,
-    /// Override M (notifications).
+    /// Notifications enqueued before timing (M).
     #[arg(long)]
     pub m: Option<u64>,
-    /// Override W (worker processes), comma-separated for several runs.
+    /// Worker processes (W); comma-separated runs one measurement per value, e.g. 1,2,4.
     #[arg(long)]
     pub w: Option<String>,
-    /// Override C (concurrency per worker).
+    /// Concurrency per worker (C).
     #[arg(long)]
     pub c: Option<usize>,
-    /// Override L (simulated send latency, ms).
+    /// Simulated send latency in milliseconds (L).
     #[arg(long)]
     pub l_ms: Option<u64>,
-    /// Lag scenario: enqueue rate per second.
+    /// Distinct users the notifications are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u64,
+    /// lag: notifications enqueued per second (default 1000).
     #[arg(long)]
     pub rate: Option<u64>,
-    /// Lag scenario: seconds to run.
+    /// lag: seconds of steady enqueueing (default 30); cleanup: seconds the workers keep
+    /// running after the drain to measure deletion alone (default 5); locks: seconds per phase (default 3).
     #[arg(long)]
     pub seconds: Option<u64>,
+    /// cleanup: old sent rows inserted before timing.
+    #[arg(long, default_value_t = 200_000)]
+    pub old_rows: u64,
+    /// cleanup: HERALD_CLEANUP_MAX_BACKLOG given to the workers.
+    #[arg(long, default_value_t = 1_000)]
+    pub cleanup_max_backlog: u64,
+    /// Give up (exit 1) when a run has not finished after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_s: u64,
+    /// Keep the benchmark databases (their names are printed on stderr).
+    #[arg(long)]
+    pub keep: bool,
+    /// locks: benchmark the masters in HERALD_REDIS_URLS instead of three local
+    /// redis-server processes (skips the hung-master phase).
+    #[arg(long)]
+    pub use_redis_urls: bool,
 }
 
 /// Validated worker settings.

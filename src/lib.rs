@@ -25,9 +25,12 @@
 //! * [`companions`] — HTTP health/metrics, cleanup and stats beside the worker.
 //! * [`app`] — builds the whole application from validated settings.
 //! * [`telemetry`] — tracing subscriber set-up (text or JSON).
+//! * [`bench`] — `herald bench`: the shared benchmark workload against real
+//!   worker processes.
 //! * [`cli`] — the `herald` command line; `main.rs` only calls into it.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod companions;
 pub mod config;

@@ -47,6 +47,7 @@ pub async fn cleanup_once(_s: Settings, _a: CleanupCmdArgs) -> anyhow::Result<Ex
     anyhow::bail!("herald cleanup is not built yet")
 }
 
-pub async fn bench(_s: Settings, _a: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("herald bench is not built yet")
+/// `herald bench`; see [`crate::bench`].
+pub async fn bench(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    crate::bench::run(settings, args).await
 }

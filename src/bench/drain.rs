@@ -1,0 +1,252 @@
+//! S1, S2 and webhook (and both halves of cleanup): enqueue M, start W
+//! workers, time until all M rows are finished, stop, check.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::Utc;
+
+use super::delivered::{read_lines, tally, LineCounter};
+use super::fleet::{Fleet, FleetEnv};
+use super::receiver::Receiver;
+use super::report::{round, Report};
+use super::workload::{self, BenchDb};
+use super::Params;
+use crate::config::{BenchScenario, Settings};
+use crate::store::Store;
+
+/// How long stopped workers get to drain and exit.
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Additions of the cleanup scenario to a plain drain.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Old `sent` rows inserted (not timed) before the M notifications.
+    pub old_rows: u64,
+    /// Cleanup settings for the workers; empty = cleanup off.
+    pub cleanup: Vec<(&'static str, String)>,
+    /// Keep the workers running this long after the drain.
+    pub tail: Duration,
+}
+
+/// A drain's report plus what the cleanup scenario needs.
+#[derive(Debug)]
+pub struct Outcome {
+    pub report: Report,
+    /// Old rows left when the M were finished, and after the tail.
+    pub old_left_at_drain: u64,
+    pub old_left_at_end: u64,
+}
+
+/// A scratch directory for one run, removed on drop.
+#[derive(Debug)]
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn new() -> anyhow::Result<RunDir> {
+        let dir = std::env::temp_dir().join(format!("herald-bench-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(RunDir(dir))
+    }
+
+    /// An empty file the file transport appends to.
+    pub fn output(&self) -> anyhow::Result<PathBuf> {
+        let path = self.0.join("delivered.jsonl");
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn key_prefix() -> String {
+    format!("hb{:010x}:", rand::random::<u64>() & 0xff_ffff_ffff)
+}
+
+pub async fn run(
+    settings: &Settings,
+    params: &Params,
+    w: usize,
+    extras: &Extras,
+) -> anyhow::Result<Outcome> {
+    let webhook = params.scenario == BenchScenario::Webhook;
+    let label = format!("bench {} W={w}", params.scenario.name());
+    let db = BenchDb::create(&settings.database_url, params.keep).await?;
+    let region = settings.regions[0].as_str();
+    let old_max = if extras.old_rows > 0 {
+        eprintln!("{label}: inserting {} old sent rows", extras.old_rows);
+        workload::insert_old_sent(&db.store, extras.old_rows, region).await?
+    } else {
+        0
+    };
+    eprintln!(
+        "{label}: enqueueing {} notifications for {} users",
+        params.m, params.users
+    );
+    let channel = if webhook { "webhook" } else { "file" };
+    // A second in the past, so a database clock slightly behind ours still
+    // sees every row as due.
+    let send_at = Utc::now() - chrono::Duration::seconds(1);
+    workload::enqueue(
+        &db.store,
+        0,
+        params.m,
+        params.users,
+        channel,
+        region,
+        send_at,
+    )
+    .await?;
+    let expected = workload::ids_after(&db.store, old_max).await?;
+    eprintln!("{label}: enqueued {}; starting workers", expected.len());
+
+    let dir = RunDir::new()?;
+    let output = dir.output()?;
+    let receiver = if webhook {
+        Some(Receiver::start(Duration::from_millis(params.l_ms)).await?)
+    } else {
+        None
+    };
+    let env = FleetEnv {
+        database_url: db.url.expose().to_owned(),
+        key_prefix: key_prefix(),
+        concurrency: params.c,
+        file_path: Some(output.clone()),
+        file_latency_ms: if webhook { 0 } else { params.l_ms },
+        webhook_url: receiver.as_ref().map(Receiver::url),
+        cleanup: extras.cleanup.clone(),
+    };
+    let mut lines = LineCounter::open(&output)?;
+    let t0 = Instant::now();
+    let mut fleet = Fleet::start(settings, w, &env)?;
+    let m = expected.len() as u64;
+    let (wall, first) = wait_finished(
+        &db.store,
+        &mut fleet,
+        &label,
+        m,
+        old_max,
+        t0,
+        params.timeout,
+        || match &receiver {
+            Some(r) => r.count(),
+            None => lines.lines(),
+        },
+    )
+    .await?;
+    let peak = fleet.peak_rss_mib();
+    let (old_left_at_drain, old_left_at_end) = if extras.old_rows > 0 {
+        let at_drain = workload::count_up_to(&db.store, old_max).await?;
+        tokio::time::sleep(extras.tail).await;
+        (at_drain, workload::count_up_to(&db.store, old_max).await?)
+    } else {
+        (0, 0)
+    };
+    fleet.stop(STOP_GRACE).await?;
+
+    let delivered: Vec<u64> = match &receiver {
+        Some(r) => r.ids(),
+        None => read_lines(&output)?.into_iter().map(|l| l.id).collect(),
+    };
+    let not_sent = workload::not_sent(&db.store, old_max).await?;
+    let (dupes, lost) = tally(&expected, delivered, &not_sent);
+    db.finish().await?;
+
+    let wall_s = wall.as_secs_f64();
+    let jobs_per_s = m as f64 / wall_s;
+    let ideal_ratio = (params.l_ms > 0).then(|| {
+        round(
+            jobs_per_s / (w as f64 * params.c as f64 * 1000.0 / params.l_ms as f64),
+            3,
+        )
+    });
+    let mut report = Report {
+        system: "herald",
+        scenario: params.scenario.name(),
+        m,
+        w,
+        c: params.c,
+        l_ms: params.l_ms,
+        wall_s: round(wall_s, 3),
+        jobs_per_s: round(jobs_per_s, 1),
+        dupes,
+        lost,
+        peak_rss_mib: round(peak, 1),
+        ideal_ratio,
+        extra: Default::default(),
+    };
+    if let Some(f) = first {
+        report.set("first_delivery_s", round(f.as_secs_f64(), 3));
+    }
+    eprintln!(
+        "{label}: {m} in {wall_s:.3} s = {jobs_per_s:.0}/s, dupes {dupes}, lost {lost}, peak RSS {peak:.1} MiB"
+    );
+    Ok(Outcome {
+        report,
+        old_left_at_drain,
+        old_left_at_end,
+    })
+}
+
+/// Polls until `m` rows above `after_id` are finished; returns the time since
+/// `t0`, and when the first delivery was seen (worker start-up included). `delivered()` (cheap: lines in the output file, or the receiver's
+/// count) drives progress and decides when to ask the database every 20 ms
+/// instead of every 500 ms, so the polling barely loads the database.
+#[allow(clippy::too_many_arguments)]
+pub async fn wait_finished(
+    store: &Store,
+    fleet: &mut Fleet,
+    label: &str,
+    m: u64,
+    after_id: u64,
+    t0: Instant,
+    timeout: Duration,
+    mut delivered: impl FnMut() -> u64,
+) -> anyhow::Result<(Duration, Option<Duration>)> {
+    let mut first: Option<Duration> = None;
+    let mut last_db = Instant::now();
+    let mut last_report = (Instant::now(), 0u64);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fleet.check_alive()?;
+        let d = delivered();
+        if d > 0 && first.is_none() {
+            first = Some(t0.elapsed());
+        }
+        if d >= m || last_db.elapsed() >= Duration::from_millis(500) {
+            let finished = workload::finished_count(store, after_id).await?;
+            last_db = Instant::now();
+            if finished >= m {
+                return Ok((t0.elapsed(), first));
+            }
+            if t0.elapsed() > timeout {
+                bail!("{label}: only {finished} of {m} finished after {timeout:?} ({d} delivered)");
+            }
+        }
+        let since = last_report.0.elapsed();
+        if since >= Duration::from_secs(1) {
+            let rate = (d - last_report.1.min(d)) as f64 / since.as_secs_f64();
+            eprintln!(
+                "{label}: delivered {d}/{m} ({rate:.0}/s), {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
+            last_report = (Instant::now(), d);
+        }
+    }
+}
+
+/// Sorted lags in ms of the delivery lines (written at minus due at).
+pub fn lags_ms(output: &Path) -> anyhow::Result<(Vec<u64>, Vec<f64>)> {
+    let lines = read_lines(output)?;
+    let mut lags: Vec<f64> = lines
+        .iter()
+        .map(|l| (l.at_us as f64 - l.send_at.timestamp_micros() as f64) / 1000.0)
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    Ok((lines.into_iter().map(|l| l.id).collect(), lags))
+}

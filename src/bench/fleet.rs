@@ -1,0 +1,134 @@
+//! W real `herald worker` child processes (this same executable).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use crate::config::Settings;
+
+/// Running workers; every one still alive is killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Fleet {
+    children: Vec<Child>,
+}
+
+/// What the workers of one run are told, beyond the global settings.
+#[derive(Debug, Clone, Default)]
+pub struct FleetEnv {
+    pub database_url: String,
+    pub key_prefix: String,
+    pub concurrency: usize,
+    pub file_path: Option<std::path::PathBuf>,
+    pub file_latency_ms: u64,
+    pub webhook_url: Option<String>,
+    /// `HERALD_CLEANUP*`/`HERALD_RETENTION*` settings; cleanup is off when empty.
+    pub cleanup: Vec<(&'static str, String)>,
+}
+
+impl Fleet {
+    /// Starts `w` workers. The process environment is inherited (so any
+    /// other `HERALD_*` worker setting, e.g. `HERALD_BATCH_SIZE`, applies),
+    /// then the global settings of this invocation and `env` override it.
+    pub fn start(settings: &Settings, w: usize, env: &FleetEnv) -> anyhow::Result<Fleet> {
+        let exe = std::env::current_exe().context("locating the herald executable")?;
+        let redis: Vec<&str> = settings.redis_urls.iter().map(|u| u.expose()).collect();
+        let mut fleet = Fleet {
+            children: Vec::with_capacity(w),
+        };
+        for i in 0..w {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("worker")
+                .env("HERALD_DATABASE_URL", &env.database_url)
+                .env("HERALD_REDIS_URLS", redis.join(","))
+                .env("HERALD_KEY_PREFIX", &env.key_prefix)
+                .env("HERALD_REGION", settings.regions.join(","))
+                .env("HERALD_DB_POOL_SIZE", settings.db_pool_size.to_string())
+                .env(
+                    "HERALD_LOCK_MASTER_TIMEOUT_MS",
+                    settings.lock_master_timeout.as_millis().to_string(),
+                )
+                .env("HERALD_CONCURRENCY", env.concurrency.to_string())
+                .env("HERALD_FILE_LATENCY_MS", env.file_latency_ms.to_string())
+                .env("HERALD_HTTP_ADDR", "")
+                .env("HERALD_STATS_INTERVAL_S", "0")
+                .env("HERALD_LOG", "warn")
+                .env(
+                    "HERALD_WORKER_ID",
+                    format!("bench-{i}-{}", std::process::id()),
+                )
+                .env("HERALD_CLEANUP", (!env.cleanup.is_empty()).to_string());
+            if let Some(path) = &env.file_path {
+                cmd.env("HERALD_FILE_PATH", path);
+            }
+            if let Some(url) = &env.webhook_url {
+                cmd.env("HERALD_WEBHOOK_URL", url);
+            }
+            for (k, v) in &env.cleanup {
+                cmd.env(k, v);
+            }
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {} worker", exe.display()))?;
+            fleet.children.push(child);
+        }
+        Ok(fleet)
+    }
+
+    /// Fails when a worker has exited (its own error is on stderr).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (i, c) in self.children.iter_mut().enumerate() {
+            if let Some(status) = c.try_wait()? {
+                bail!("worker {i} exited early ({status}); see its messages above");
+            }
+        }
+        Ok(())
+    }
+
+    /// Largest peak resident set (VmHWM) over the workers, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.children
+            .iter()
+            .filter_map(|c| c.id())
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .fold(0.0, f64::max)
+            / 1024.0
+    }
+
+    /// SIGTERM to every worker, then waits up to `grace` for them to drain
+    /// and exit; stragglers are killed.
+    pub async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {
+        for c in &self.children {
+            if let Some(pid) = c.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + grace;
+        for (i, c) in self.children.iter_mut().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, c.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => eprintln!("bench: worker {i} exited with {status}"),
+                Ok(Err(e)) => eprintln!("bench: waiting for worker {i}: {e}"),
+                Err(_) => {
+                    eprintln!("bench: worker {i} did not exit within {grace:?}; killing it");
+                    let _ = c.kill().await;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! Lag: enqueue at a steady rate R/s for T s while W workers run (rows due
+//! at once), then report delivered-at minus due-at percentiles.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::delivered::{percentile, tally};
+use super::drain::{key_prefix, lags_ms, wait_finished, RunDir, STOP_GRACE};
+use super::fleet::{Fleet, FleetEnv};
+use super::report::{round, Report};
+use super::workload::{self, BenchDb};
+use super::Params;
+use crate::config::Settings;
+
+/// Time the workers get to connect before the first row is enqueued.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// Enqueue tick: rows due so far are inserted in one statement per tick.
+const TICK: Duration = Duration::from_millis(10);
+
+pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Result<Report> {
+    let label = format!("bench lag W={w}");
+    let db = BenchDb::create(&settings.database_url, params.keep).await?;
+    let region = settings.regions[0].as_str();
+    let dir = RunDir::new()?;
+    let output = dir.output()?;
+    let env = FleetEnv {
+        database_url: db.url.expose().to_owned(),
+        key_prefix: key_prefix(),
+        concurrency: params.c,
+        file_path: Some(output.clone()),
+        file_latency_ms: params.l_ms,
+        ..FleetEnv::default()
+    };
+    let total = params.rate * params.seconds;
+    let mut fleet = Fleet::start(settings, w, &env)?;
+    tokio::time::sleep(WARM_UP).await;
+    fleet.check_alive()?;
+    eprintln!(
+        "{label}: enqueueing {}/s for {} s ({total} rows)",
+        params.rate, params.seconds
+    );
+
+    let t0 = Instant::now();
+    let mut inserted = 0u64;
+    let mut next_report = Instant::now() + Duration::from_secs(1);
+    while inserted < total {
+        let due = ((t0.elapsed().as_secs_f64() * params.rate as f64) as u64).min(total);
+        if due > inserted {
+            let n = due - inserted;
+            workload::enqueue(
+                &db.store,
+                inserted,
+                n,
+                params.users,
+                "file",
+                region,
+                Utc::now(),
+            )
+            .await?;
+            inserted = due;
+        }
+        if Instant::now() >= next_report {
+            fleet.check_alive()?;
+            eprintln!(
+                "{label}: enqueued {inserted}/{total}, {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
+            next_report += Duration::from_secs(1);
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    let mut lines = super::delivered::LineCounter::open(&output)?;
+    let (wall, _) = wait_finished(
+        &db.store,
+        &mut fleet,
+        &label,
+        total,
+        0,
+        t0,
+        params.timeout + Duration::from_secs(params.seconds),
+        || lines.lines(),
+    )
+    .await?;
+    let peak = fleet.peak_rss_mib();
+    fleet.stop(STOP_GRACE).await?;
+
+    let expected = workload::ids_after(&db.store, 0).await?;
+    let not_sent = workload::not_sent(&db.store, 0).await?;
+    let (ids, lags) = lags_ms(&output)?;
+    let (dupes, lost) = tally(&expected, ids, &not_sent);
+    db.finish().await?;
+
+    let wall_s = wall.as_secs_f64();
+    let (p50, p99, max) = (
+        percentile(&lags, 0.50),
+        percentile(&lags, 0.99),
+        percentile(&lags, 1.0),
+    );
+    eprintln!("{label}: lag p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; dupes {dupes}, lost {lost}");
+    let mut report = Report {
+        system: "herald",
+        scenario: "lag",
+        m: total,
+        w,
+        c: params.c,
+        l_ms: params.l_ms,
+        wall_s: round(wall_s, 3),
+        jobs_per_s: round(total as f64 / wall_s, 1),
+        dupes,
+        lost,
+        peak_rss_mib: round(peak, 1),
+        ideal_ratio: None,
+        extra: Default::default(),
+    };
+    report.set("rate", params.rate);
+    report.set("seconds", params.seconds);
+    report.set("p50_ms", round(p50, 1));
+    report.set("p99_ms", round(p99, 1));
+    report.set("max_ms", round(max, 1));
+    Ok(report)
+}

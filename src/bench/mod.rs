@@ -1,0 +1,227 @@
+//! `herald bench`: the shared benchmark workload (see `DESIGN.md`, section
+//! "Benchmark workload") run against real `herald worker` processes.
+//!
+//! Every run gets a fresh `herald_bench_<random>` database on the configured
+//! server and its own Redis key prefix; M notifications for 10,000 users are
+//! enqueued before timing; W worker child processes (this same binary) are
+//! started and timed until all M rows are finished; then the workers get
+//! SIGTERM and the delivered ids are checked for duplicates and losses.
+//! Results go to stdout as one JSON line per run, progress to stderr.
+//!
+//! * [`workload`] — the database of one run and the bulk inserts.
+//! * [`fleet`] — the worker child processes (killed on drop).
+//! * [`drain`] — S1/S2/webhook/cleanup: enqueue, start, time, stop, check.
+//! * [`delivered`] — reading what the file transport wrote.
+//! * [`receiver`] — the in-process webhook receiver.
+//! * [`lag`] — steady enqueue, delivery lag percentiles.
+//! * [`cleanup`] — S1 next to S1 with a cleanup backlog.
+//! * [`report`] — the JSON line.
+
+pub mod cleanup;
+pub mod delivered;
+pub mod drain;
+pub mod fleet;
+pub mod lag;
+pub mod receiver;
+pub mod report;
+pub mod workload;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::{BenchArgs, BenchScenario, ConfigError, Settings};
+
+/// The resolved parameters of one invocation.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub scenario: BenchScenario,
+    pub m: u64,
+    /// One measurement per entry.
+    pub ws: Vec<usize>,
+    pub c: usize,
+    pub l_ms: u64,
+    pub users: u64,
+    pub rate: u64,
+    pub seconds: u64,
+    pub old_rows: u64,
+    pub cleanup_max_backlog: u64,
+    pub timeout: Duration,
+    pub keep: bool,
+}
+
+impl Params {
+    /// Scenario defaults, then the overrides.
+    pub fn resolve(args: &BenchArgs) -> Result<Params, ConfigError> {
+        let scenario = match (args.what, args.scenario) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ConfigError::new(
+                    "herald bench",
+                    "--scenario",
+                    format!(
+                        "{} contradicts the positional argument {}",
+                        b.name(),
+                        a.name()
+                    ),
+                ))
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "herald bench",
+                    "--scenario",
+                    "say what to measure: herald bench <locks|s1|s2|webhook|lag|cleanup>",
+                ))
+            }
+        };
+        // (M, W, C, L) of each scenario.
+        let (m, ws, c, l_ms, seconds) = match scenario {
+            BenchScenario::S2 => (20_000, vec![1, 2, 4], 50, 20, 0),
+            BenchScenario::Lag => (0, vec![2], 64, 0, 30),
+            BenchScenario::Cleanup => (50_000, vec![2], 64, 0, 5),
+            BenchScenario::Locks => (0, vec![1], 64, 0, 3),
+            BenchScenario::S1 | BenchScenario::Webhook => (50_000, vec![2], 64, 0, 0),
+        };
+        let ws = match &args.w {
+            None => ws,
+            Some(raw) => {
+                let parsed: Result<Vec<usize>, _> =
+                    raw.split(',').map(|p| p.trim().parse::<usize>()).collect();
+                match parsed {
+                    Ok(v) if !v.is_empty() && v.iter().all(|w| (1..=64).contains(w)) => v,
+                    _ => {
+                        return Err(ConfigError::new(
+                            "herald bench",
+                            "--w",
+                            format!("{raw:?} is not a comma-separated list of 1..=64"),
+                        ))
+                    }
+                }
+            }
+        };
+        let c = args.c.unwrap_or(c);
+        if !(1..=10_000).contains(&c) {
+            return Err(ConfigError::new(
+                "herald bench",
+                "--c",
+                format!("{c} is out of range 1..=10000"),
+            ));
+        }
+        let m = args.m.unwrap_or(m);
+        if scenario != BenchScenario::Lag && scenario != BenchScenario::Locks && m == 0 {
+            return Err(ConfigError::new("herald bench", "--m", "must be positive"));
+        }
+        let rate = args.rate.unwrap_or(1_000);
+        if scenario == BenchScenario::Lag && !(1..=1_000_000).contains(&rate) {
+            return Err(ConfigError::new(
+                "herald bench",
+                "--rate",
+                "must be 1..=1000000",
+            ));
+        }
+        if args.users == 0 {
+            return Err(ConfigError::new(
+                "herald bench",
+                "--users",
+                "must be positive",
+            ));
+        }
+        Ok(Params {
+            scenario,
+            m,
+            ws,
+            c,
+            l_ms: args.l_ms.unwrap_or(l_ms),
+            users: args.users,
+            rate,
+            seconds: args.seconds.unwrap_or(seconds),
+            old_rows: args.old_rows,
+            cleanup_max_backlog: args.cleanup_max_backlog,
+            timeout: Duration::from_secs(args.timeout_s.max(1)),
+            keep: args.keep,
+        })
+    }
+}
+
+/// Runs `herald bench`. Exit code 1 when a run saw duplicates or losses
+/// (the JSON line is printed anyway).
+pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let params = Params::resolve(&args)?;
+    let clean = match params.scenario {
+        BenchScenario::Locks => {
+            locks(&settings, &params, args.use_redis_urls).await?;
+            true
+        }
+        BenchScenario::S1 | BenchScenario::S2 | BenchScenario::Webhook => {
+            let mut clean = true;
+            for &w in &params.ws {
+                let out = drain::run(&settings, &params, w, &drain::Extras::default()).await?;
+                clean &= out.report.is_clean();
+                report::emit(&out.report)?;
+            }
+            clean
+        }
+        BenchScenario::Lag => {
+            let mut clean = true;
+            for &w in &params.ws {
+                let r = lag::run(&settings, &params, w).await?;
+                clean &= r.is_clean();
+                report::emit(&r)?;
+            }
+            clean
+        }
+        BenchScenario::Cleanup => {
+            let mut clean = true;
+            for &w in &params.ws {
+                let r = cleanup::run(&settings, &params, w).await?;
+                clean &= r.is_clean();
+                report::emit(&r)?;
+            }
+            clean
+        }
+    };
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn locks(settings: &Settings, params: &Params, external: bool) -> anyhow::Result<()> {
+    use crate::lock::bench::LockBenchOpts;
+    let urls = if external {
+        settings
+            .redis_urls
+            .iter()
+            .map(|u| u.expose().to_owned())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let opts = LockBenchOpts {
+        phase: Duration::from_secs(params.seconds.max(1)),
+        concurrency: params.c,
+        ..LockBenchOpts::default()
+    };
+    eprintln!(
+        "bench locks: {} ({}s per phase)",
+        if external {
+            "HERALD_REDIS_URLS"
+        } else {
+            "three local redis-server processes"
+        },
+        opts.phase.as_secs()
+    );
+    let report = crate::lock::bench::run(urls, opts).await?;
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        system: &'static str,
+        scenario: &'static str,
+        #[serde(flatten)]
+        report: &'a crate::lock::bench::LockBenchReport,
+    }
+    report::print_line(&Line {
+        system: "herald",
+        scenario: "locks",
+        report: &report,
+    })
+}

@@ -1,0 +1,55 @@
+//! `herald bench`: a tiny S1 through the real command, worker processes and all.
+
+use std::process::Stdio;
+
+use crate::helpers::{herald, require_redis, text, MYSQL_SERVER};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_s1_small_reports_a_clean_json_line() {
+    require_redis().await;
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .args([
+            "bench", "s1", "--json", "--m", "2000", "--w", "2", "--c", "16",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running herald bench");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line expected, got:\n{stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["system"], "herald");
+    assert_eq!(v["scenario"], "s1");
+    assert_eq!(v["M"], 2000);
+    assert_eq!(v["W"], 2);
+    assert_eq!(v["C"], 16);
+    assert_eq!(v["L_ms"], 0);
+    assert_eq!(v["dupes"], 0, "{stdout}");
+    assert_eq!(v["lost"], 0, "{stdout}");
+    let wall = v["wall_s"].as_f64().unwrap();
+    let rate = v["jobs_per_s"].as_f64().unwrap();
+    assert!(wall > 0.0 && rate > 0.0, "{stdout}");
+    assert!((rate * wall - 2000.0).abs() < 2000.0 * 0.02, "{stdout}");
+    let rss = v["peak_rss_mib"].as_f64().unwrap();
+    assert!(rss > 1.0 && rss < 500.0, "{stdout}");
+    assert!(
+        stderr.contains("enqueueing 2000"),
+        "progress on stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn bench_rejects_contradicting_scenarios() {
+    let out = herald(None)
+        .args(["bench", "s1", "--scenario", "s2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--scenario"));
+}
