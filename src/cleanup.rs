@@ -188,7 +188,7 @@ impl Cleanup {
             .redlock
             .with_lock(LOCK_KEY, LOCK_TTL, |guard| async move {
                 debug!("cleanup tick started");
-                let out = self.pass(shutdown, &guard.lost()).await;
+                let out = self.pass(shutdown, guard.lost()).await;
                 // Logged while the lock is still held, unlike the summary line.
                 debug!("cleanup tick finished");
                 out
@@ -278,6 +278,12 @@ impl Cleanup {
                     batches += 1;
                     self.metrics.cleanup_deleted.inc_by(n);
                     self.metrics.cleanup_batches.inc();
+                    debug!(
+                        deleted = n,
+                        selected = ids.len(),
+                        batch = size,
+                        "cleanup batch"
+                    );
                     if (ids.len() as u64) < size {
                         break End::Finished;
                     }
@@ -335,7 +341,10 @@ pub async fn run_once(settings: Settings, args: CleanupCmdArgs) -> anyhow::Resul
             .map(|(s, n)| format!("{s} {n}"))
             .collect();
         let gate = if backlog > cfg.max_backlog {
-            format!("a pass now would be skipped (backlog {backlog} > {})", cfg.max_backlog)
+            format!(
+                "a pass now would be skipped (backlog {backlog} > {})",
+                cfg.max_backlog
+            )
         } else {
             format!("backlog {backlog} <= {}", cfg.max_backlog)
         };

@@ -90,7 +90,10 @@ pub async fn run(
                 }
                 Err(e) => warn!(window = before, error = %e, "fleet stats: query failed"),
             },
-            Ok(false) => debug!(window = before, "fleet stats: another instance has this window"),
+            Ok(false) => debug!(
+                window = before,
+                "fleet stats: another instance has this window"
+            ),
             Err(e) => warn!(window = before, error = %e, "fleet stats: election failed"),
         }
     }

@@ -1,6 +1,7 @@
 //! One integration-test binary (faster to link than one per file). Every
 //! test gets its own database and Redis key prefix, so they run in parallel.
 
+mod companions;
 mod foundation;
 mod helpers;
 mod lock;
