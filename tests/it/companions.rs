@@ -241,7 +241,7 @@ async fn cleanup_shrinks_its_batch_after_a_lock_wait_timeout() {
 
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("cleanup.log");
-    let mut child = herald(Some(&db))
+    let child = herald(Some(&db))
         .env("HERALD_KEY_PREFIX", key_prefix())
         .env("HERALD_LOG", "warn")
         .env("HERALD_CLEANUP_BATCH", "4")
