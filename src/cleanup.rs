@@ -10,11 +10,12 @@
 //!   of due rows (`LIMIT threshold + 1` per part) is compared with
 //!   `HERALD_CLEANUP_MAX_BACKLOG`. A backlog means senders need the database
 //!   more than cleanup does.
-//! * **Small, bounded statements**: ids are selected from the finished index,
-//!   then deleted by primary key, `HERALD_CLEANUP_BATCH` at a time, with a
-//!   pause between batches. A batch that hits a row-lock wait (1205) or a
-//!   deadlock (1213) gives up after a short session lock-wait timeout and
-//!   the batch size halves. A short batch (nothing more to delete), the
+//! * **Small, bounded statements**: the finished index is walked
+//!   `HERALD_CLEANUP_BATCH` rows at a time (see [`prune`]), and the rows of
+//!   each step that are past their retention are deleted by primary key,
+//!   with a pause after every DELETE. A DELETE that hits a row-lock wait
+//!   (1205) or a deadlock (1213) gives up after a short session lock-wait
+//!   timeout, and the batch size halves. The end of the walk (a short step), the
 //!   per-tick time cap, shutdown or a lost lock end the pass.
 //!
 //! Each tick logs one line (`cleanup: deleted N in M batches`, `cleanup:
@@ -246,6 +247,9 @@ impl Cleanup {
         let mut size = cfg.batch;
         let (mut deleted, mut batches, mut stamped) = (0u64, 0u64, None);
         let mut waits_in_row = 0;
+        // Only moves past rows that are gone or kept: after a lock-wait
+        // failure the same rows are tried again, fewer at a time.
+        let mut cursor = None;
         let end = loop {
             if shutdown.is_cancelled() {
                 break End::Shutdown;
@@ -267,24 +271,32 @@ impl Cleanup {
             if stamped.is_none() {
                 stamped = Some(prune::stamp_cancelled(conn, cfg.batch).await?);
             }
-            let ids = prune::eligible_ids(conn, &retention, size).await?;
-            if ids.is_empty() {
-                break End::Finished;
+            let step = prune::scan(conn, &retention, cursor, size).await?;
+            let last = (step.scanned as u64) < size;
+            if step.eligible.is_empty() {
+                // Only rows still inside their retention here: step over
+                // them; nothing was written, so no pause is owed.
+                cursor = step.next;
+                if last {
+                    break End::Finished;
+                }
+                continue;
             }
-            match prune::delete_ids(conn, &ids).await {
+            match prune::delete_ids(conn, &step.eligible).await {
                 Ok(n) => {
                     waits_in_row = 0;
                     deleted += n;
                     batches += 1;
+                    cursor = step.next;
                     self.metrics.cleanup_deleted.inc_by(n);
                     self.metrics.cleanup_batches.inc();
                     debug!(
                         deleted = n,
-                        selected = ids.len(),
+                        scanned = step.scanned,
                         batch = size,
                         "cleanup batch"
                     );
-                    if (ids.len() as u64) < size {
+                    if last {
                         break End::Finished;
                     }
                 }

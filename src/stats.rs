@@ -113,7 +113,7 @@ pub async fn collect(
     let w = window.as_millis();
     let from = at_millis(w * u128::from(index.saturating_sub(1)));
     let to = at_millis(w * u128::from(index));
-    // Served by ix_notifications_finished (status, finished_at, id).
+    // A range of ix_notifications_finished (finished_at): one window's rows.
     let finished_between = |status: &'static str| {
         sqlx::query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM notifications \

@@ -1,16 +1,23 @@
 //! Cleanup statements: finished rows past their retention, deleted by
 //! primary key in bounded batches.
 //!
-//! Every statement here names a finished status explicitly, so no code path
-//! can reach a `pending` or `sending` row, and every read walks
-//! `ix_notifications_finished (status, finished_at, id)` from its oldest end,
-//! so a batch costs the same on a table of a thousand rows or a billion.
+//! The cleanup index is `ix_notifications_finished (finished_at)` — without
+//! `status`, so claiming a row (which changes its status) never touches it.
+//! Cleanup therefore walks finished rows in `(finished_at, id)` order with a
+//! keyset cursor and decides per row, from its status, whether it is past
+//! its retention. Each statement reads at most one batch of index entries,
+//! whatever lies in the range: rows kept longer (say `failed` rows inside
+//! their longer retention) are stepped over once per pass, never re-read by
+//! every batch. Only rows in a finished status are ever eligible, so no
+//! code path can reach a `pending` or `sending` row.
+//!
 //! Deletes go by id (`WHERE id IN (…)`) rather than by a range condition, so
 //! each one locks exactly the rows it removes and nothing around them that a
 //! sender might be waiting for.
 
 use std::time::Duration;
 
+use chrono::NaiveDateTime;
 use sqlx::{MySqlConnection, QueryBuilder};
 
 /// How long finished rows are kept, per status.
@@ -34,6 +41,11 @@ impl Retention {
             _ => self.expired,
         }
     }
+
+    /// Nothing finished more recently than this can be eligible.
+    fn shortest(&self) -> Duration {
+        self.sent.min(self.failed).min(self.expired)
+    }
 }
 
 /// Rows that would be deleted now, per status (for `--dry-run`).
@@ -48,43 +60,80 @@ impl Eligible {
     }
 }
 
-fn push_older_than<'a>(
-    qb: &mut QueryBuilder<'a, sqlx::MySql>,
-    status: &'static str,
-    retention: Duration,
-) {
-    qb.push("status = ")
-        .push_bind(status)
-        .push(" AND finished_at < UTC_TIMESTAMP(6) - INTERVAL ")
+/// Position in the `(finished_at, id)` walk: the last row looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub finished_at: NaiveDateTime,
+    pub id: u64,
+}
+
+/// One step of the walk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Rows read (eligible or not); fewer than asked = the walk is over.
+    pub scanned: usize,
+    /// Ids among them past their retention, in walk order.
+    pub eligible: Vec<u64>,
+    /// Where the next step starts, once this one's eligible rows are gone.
+    pub next: Option<Cursor>,
+}
+
+fn push_cutoff(qb: &mut QueryBuilder<'_, sqlx::MySql>, retention: Duration) {
+    qb.push("UTC_TIMESTAMP(6) - INTERVAL ")
         .push_bind(retention.as_secs())
         .push(" SECOND");
 }
 
-/// Ids of at most `limit` finished rows past their retention, the oldest of
-/// each status first. Each status is its own index range with its own
-/// `LIMIT`, so the statement reads at most `4 × limit` index entries.
-pub async fn eligible_ids(
+/// Reads the next `limit` rows of the walk after `after` (from the oldest
+/// when `None`), up to the shortest retention's cutoff, and says which of
+/// them are past their own status's retention.
+pub async fn scan(
     conn: &mut MySqlConnection,
     retention: &Retention,
+    after: Option<Cursor>,
     limit: u64,
-) -> Result<Vec<u64>, sqlx::Error> {
-    let mut qb = QueryBuilder::new("SELECT id FROM (");
+) -> Result<Step, sqlx::Error> {
+    let mut qb = QueryBuilder::new("SELECT id, finished_at, CAST(");
     for (i, status) in FINISHED.into_iter().enumerate() {
         if i > 0 {
-            qb.push(" UNION ALL ");
+            qb.push(" OR ");
         }
-        qb.push("(SELECT id FROM notifications WHERE ");
-        push_older_than(&mut qb, status, retention.of(status));
-        qb.push(" ORDER BY finished_at, id LIMIT ")
-            .push_bind(limit)
+        qb.push("(status = ")
+            .push_bind(status)
+            .push(" AND finished_at < ");
+        push_cutoff(&mut qb, retention.of(status));
+        qb.push(")");
+    }
+    qb.push(" AS SIGNED) FROM notifications WHERE finished_at < ");
+    push_cutoff(&mut qb, retention.shortest());
+    if let Some(c) = after {
+        // Spelled out rather than as a row comparison, which not every
+        // MariaDB/MySQL version turns into an index range.
+        qb.push(" AND finished_at >= ")
+            .push_bind(c.finished_at)
+            .push(" AND (finished_at > ")
+            .push_bind(c.finished_at)
+            .push(" OR id > ")
+            .push_bind(c.id)
             .push(")");
     }
-    qb.push(") t LIMIT ").push_bind(limit);
-    qb.build_query_scalar().fetch_all(conn).await
+    qb.push(" ORDER BY finished_at, id LIMIT ").push_bind(limit);
+    let rows: Vec<(u64, NaiveDateTime, i64)> = qb.build_query_as().fetch_all(conn).await?;
+    Ok(Step {
+        scanned: rows.len(),
+        next: rows
+            .last()
+            .map(|&(id, finished_at, _)| Cursor { finished_at, id }),
+        eligible: rows
+            .into_iter()
+            .filter(|&(_, _, eligible)| eligible != 0)
+            .map(|(id, _, _)| id)
+            .collect(),
+    })
 }
 
 /// Deletes `ids`, re-checking that each is still finished (a belt to the
-/// braces of [`eligible_ids`]: finished rows are final, but the table is a
+/// braces of [`scan`]: finished rows are final, but the table is a
 /// contract other services write to). Returns the rows deleted.
 pub async fn delete_ids(conn: &mut MySqlConnection, ids: &[u64]) -> Result<u64, sqlx::Error> {
     if ids.is_empty() {
@@ -107,16 +156,27 @@ pub async fn delete_ids(conn: &mut MySqlConnection, ids: &[u64]) -> Result<u64, 
 /// Gives at most `limit` cancelled rows without a `finished_at` one: the
 /// table contract lets services cancel by setting only `status`, and such
 /// rows would otherwise never age out. `updated_at` (read before this
-/// statement bumps it) is when the row was cancelled.
+/// statement bumps it) is when the row was cancelled. Found per region
+/// through `ix_notifications_due (region, status, …)`: the finished index
+/// cannot tell these rows from the unfinished ones.
 pub async fn stamp_cancelled(conn: &mut MySqlConnection, limit: u64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE notifications SET finished_at = updated_at \
-         WHERE status = 'cancelled' AND finished_at IS NULL LIMIT ?",
-    )
-    .bind(limit)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
+    let regions = super::status::regions(&mut *conn).await?;
+    let mut stamped = 0;
+    for region in regions {
+        if stamped >= limit {
+            break;
+        }
+        let done = sqlx::query(
+            "UPDATE notifications SET finished_at = updated_at \
+             WHERE region = ? AND status = 'cancelled' AND finished_at IS NULL LIMIT ?",
+        )
+        .bind(region)
+        .bind(limit - stamped)
+        .execute(&mut *conn)
+        .await?;
+        stamped += done.rows_affected();
+    }
+    Ok(stamped)
 }
 
 /// Counts what a pass would delete now, deleting nothing. Cancelled rows
@@ -127,15 +187,21 @@ pub async fn count_eligible(
 ) -> Result<Eligible, sqlx::Error> {
     let mut out = Eligible::default();
     for status in FINISHED {
-        let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM notifications WHERE ");
-        push_older_than(&mut qb, status, retention.of(status));
-        let mut n: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
+        let secs = retention.of(status).as_secs();
+        let mut n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM notifications \
+             WHERE finished_at < UTC_TIMESTAMP(6) - INTERVAL ? SECOND AND status = ?",
+        )
+        .bind(secs)
+        .bind(status)
+        .fetch_one(&mut *conn)
+        .await?;
         if status == "cancelled" {
             let unstamped: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM notifications WHERE status = 'cancelled' \
                  AND finished_at IS NULL AND updated_at < UTC_TIMESTAMP(6) - INTERVAL ? SECOND",
             )
-            .bind(retention.of(status).as_secs())
+            .bind(secs)
             .fetch_one(&mut *conn)
             .await?;
             n += unstamped;
