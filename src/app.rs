@@ -50,12 +50,13 @@ impl App {
             Transports::from_settings(&config.transport).map_err(transport_config_error)?;
         let store = Store::connect(&settings.database_url, settings.db_pool_size).await?;
         let redlock = redlock(&settings).await?;
+        let metrics = Metrics::with_redlock(&redlock);
         Ok(App {
             deps: Deps {
                 store,
                 redlock,
                 transports,
-                metrics: Metrics::new(),
+                metrics,
             },
             settings,
             config,

@@ -1,29 +1,90 @@
 //! Tasks that run beside the sender in every worker process: the HTTP
 //! server (`/livez`, `/readyz`, `/metrics`), cleanup and fleet statistics.
 //! Each can be switched off by configuration.
+//!
+//! Cleanup and stats stop as soon as shutdown begins, so they hold no
+//! database connection the draining senders might need. The HTTP server
+//! stays up until the worker has drained ([`Companions::stop`]): metrics and
+//! liveness are most interesting exactly then.
 
+use std::time::Duration;
+
+use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::cleanup::Cleanup;
+use crate::http::{self, HttpState};
 use crate::worker::WorkerHandle;
+
+/// How long [`Companions::stop`] waits for a task (an HTTP client holding a
+/// connection open, a DELETE in flight) before aborting it.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// The running companion tasks of one worker.
 #[derive(Debug)]
 pub struct Companions {
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     stop: CancellationToken,
+    http_stop: CancellationToken,
 }
 
-/// Starts the companions configured for `app`.
+/// Starts the companions configured for `app`. Fails only if the HTTP
+/// address cannot be bound, so a port clash stops the process at start-up
+/// instead of leaving it running without health checks.
 pub async fn spawn(
-    _app: &App,
-    _worker: WorkerHandle,
+    app: &App,
+    worker: WorkerHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Companions> {
+    let stop = shutdown.child_token();
+    let http_stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let deps = &app.deps;
+    if let Some(addr) = app.config.http_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("HERALD_HTTP_ADDR {addr}: cannot listen"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, "HTTP endpoints /livez /readyz /metrics listening");
+        let state = HttpState {
+            deps: deps.clone(),
+            worker,
+            health_timeout: app.config.health_timeout,
+            stale_after: http::stale_after(app.config.poll_interval),
+            shutdown: shutdown.clone(),
+        };
+        tasks.push((
+            "http",
+            tokio::spawn(http::serve(listener, state, http_stop.clone())),
+        ));
+    }
+    if let Some(cfg) = &app.config.cleanup {
+        let cleanup = Cleanup::new(
+            deps.store.clone(),
+            deps.redlock.clone(),
+            deps.metrics.clone(),
+            cfg.clone(),
+        );
+        tasks.push(("cleanup", tokio::spawn(cleanup.run(stop.clone()))));
+    }
+    if let Some(window) = app.config.stats_interval {
+        tasks.push((
+            "stats",
+            tokio::spawn(crate::stats::run(
+                deps.store.clone(),
+                deps.redlock.clone(),
+                deps.metrics.clone(),
+                window,
+                stop.clone(),
+            )),
+        ));
+    }
     Ok(Companions {
-        tasks: Vec::new(),
-        stop: shutdown.child_token(),
+        tasks,
+        stop,
+        http_stop,
     })
 }
 
@@ -31,8 +92,12 @@ impl Companions {
     /// Stops every companion and waits for them.
     pub async fn stop(self) {
         self.stop.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        self.http_stop.cancel();
+        for (name, mut task) in self.tasks {
+            if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+                tracing::warn!(task = name, "companion did not stop in time; aborting it");
+                task.abort();
+            }
         }
     }
 }

@@ -22,7 +22,11 @@
 //!   whether a failure is transient or permanent.
 //! * [`worker`] — the poll → lock → claim → send → finish → release loop.
 //! * [`metrics`] — the Prometheus registry every part reports to.
-//! * [`companions`] — HTTP health/metrics, cleanup and stats beside the worker.
+//! * [`companions`] — starts and stops the tasks beside the worker:
+//!   * [`http`] — `/livez`, `/readyz`, `/metrics`;
+//!   * [`cleanup`] — singleton, backlog-gated, batched pruning of finished
+//!     rows (also `herald cleanup --once`);
+//!   * [`stats`] — fleet statistics, logged by one instance per window.
 //! * [`app`] — builds the whole application from validated settings.
 //! * [`telemetry`] — tracing subscriber set-up (text or JSON).
 //! * [`bench`] — `herald bench`: the shared benchmark workload against real
@@ -31,13 +35,16 @@
 
 pub mod app;
 pub mod bench;
+pub mod cleanup;
 pub mod cli;
 pub mod companions;
 pub mod config;
+pub mod http;
 pub mod lock;
 pub mod metrics;
 pub mod notification;
 pub mod secret;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

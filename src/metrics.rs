@@ -7,17 +7,23 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::lock::{LockMetricsSnapshot, Redlock};
+
 /// Label of per-master lock metrics: the master's index in
-/// `HERALD_REDIS_URLS` and its redacted URL.
+/// `HERALD_REDIS_URLS` and its redacted URL (two masters may share a host).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MasterLabel {
+    pub index: String,
     pub master: String,
 }
 
@@ -37,11 +43,12 @@ pub struct Metrics {
     pub handed_back: Counter,
     pub lost_ownership: Counter,
     pub lock_contended: Counter,
-    pub lock_master_errors: Family<MasterLabel, Counter>,
-    pub lock_master_timeouts: Family<MasterLabel, Counter>,
     pub poll_errors: Counter,
     pub cleanup_deleted: Counter,
+    pub cleanup_batches: Counter,
     pub cleanup_skipped: Family<ReasonLabel, Counter>,
+    pub cleanup_lock_waits: Counter,
+    pub cleanup_errors: Counter,
     pub stats_windows: Counter,
     pub send_duration: Histogram,
     pub delivery_lag: Histogram,
@@ -52,7 +59,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A registry without the lock layer's counters (tests, one-off commands).
     pub fn new() -> Arc<Metrics> {
+        Self::build(None)
+    }
+
+    /// A registry that also exposes `redlock`'s own counters. They are read
+    /// at scrape time rather than mirrored, so the lock module stays free of
+    /// any metrics library and the numbers can never drift apart.
+    pub fn with_redlock(redlock: &Redlock) -> Arc<Metrics> {
+        Self::build(Some(redlock.clone()))
+    }
+
+    fn build(redlock: Option<Redlock>) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("herald");
         let m = Metrics {
             claimed: Counter::default(),
@@ -63,11 +82,12 @@ impl Metrics {
             handed_back: Counter::default(),
             lost_ownership: Counter::default(),
             lock_contended: Counter::default(),
-            lock_master_errors: Family::default(),
-            lock_master_timeouts: Family::default(),
             poll_errors: Counter::default(),
             cleanup_deleted: Counter::default(),
+            cleanup_batches: Counter::default(),
             cleanup_skipped: Family::default(),
+            cleanup_lock_waits: Counter::default(),
+            cleanup_errors: Counter::default(),
             stats_windows: Counter::default(),
             // 1 ms .. ~32 s
             send_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -112,16 +132,6 @@ impl Metrics {
             m.lock_contended.clone(),
         );
         registry.register(
-            "lock_master_errors",
-            "Lock requests that failed on a Redis master",
-            m.lock_master_errors.clone(),
-        );
-        registry.register(
-            "lock_master_timeouts",
-            "Lock requests that timed out on a Redis master",
-            m.lock_master_timeouts.clone(),
-        );
-        registry.register(
             "poll_errors",
             "Poll rounds that failed (database or lock errors)",
             m.poll_errors.clone(),
@@ -132,9 +142,24 @@ impl Metrics {
             m.cleanup_deleted.clone(),
         );
         registry.register(
+            "cleanup_batches",
+            "DELETE batches run by cleanup",
+            m.cleanup_batches.clone(),
+        );
+        registry.register(
             "cleanup_skipped",
-            "Cleanup ticks skipped, by reason",
+            "Cleanup ticks that deleted nothing, by reason (backlog, lock_held, lock_unavailable)",
             m.cleanup_skipped.clone(),
+        );
+        registry.register(
+            "cleanup_lock_waits",
+            "Cleanup DELETEs that hit a MySQL lock-wait timeout or deadlock (the batch shrinks)",
+            m.cleanup_lock_waits.clone(),
+        );
+        registry.register(
+            "cleanup_errors",
+            "Cleanup ticks that failed on a database error",
+            m.cleanup_errors.clone(),
         );
         registry.register(
             "stats_windows",
@@ -168,9 +193,12 @@ impl Metrics {
         );
         registry.register(
             "due_backlog",
-            "Due rows seen by the last backlog count",
+            "Due rows seen by the last backlog count (the cleanup gate counts at most threshold + 1)",
             m.due_backlog.clone(),
         );
+        if let Some(redlock) = redlock {
+            registry.register_collector(Box::new(LockCollector { redlock }));
+        }
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -180,5 +208,77 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Renders [`Redlock::metrics`] on each scrape.
+#[derive(Debug)]
+struct LockCollector {
+    redlock: Redlock,
+}
+
+type MasterField = fn(&crate::lock::MasterMetricsSnapshot) -> u64;
+type LockField = fn(&LockMetricsSnapshot) -> u64;
+
+const PER_MASTER: [(&str, &str, MasterField); 4] = [
+    (
+        "lock_master_errors",
+        "Lock requests that failed on a Redis master (connection or server error).",
+        |m| m.errors,
+    ),
+    (
+        "lock_master_timeouts",
+        "Lock requests that got no answer from a Redis master within its timeout.",
+        |m| m.timeouts,
+    ),
+    (
+        "lock_master_breaker_rejections",
+        "Lock requests not sent to a Redis master because its circuit breaker was open.",
+        |m| m.breaker_rejections,
+    ),
+    (
+        "lock_master_breaker_opened",
+        "Times a Redis master's circuit breaker opened.",
+        |m| m.breaker_opened,
+    ),
+];
+
+const WHOLE: [(&str, &str, LockField); 3] = [
+    (
+        "lock_acquired",
+        "Single-key locks granted by a majority of masters (cleanup, readiness probes).",
+        |s| s.acquired,
+    ),
+    (
+        "lock_no_quorum",
+        "Lock attempts that failed because too few masters answered or granted.",
+        |s| s.no_quorum,
+    ),
+    (
+        "lock_extend_failures",
+        "Lock renewals that failed (the lock was lost or masters did not answer).",
+        |s| s.extend_failures,
+    ),
+];
+
+impl Collector for LockCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.redlock.metrics().snapshot();
+        for (name, help, field) in WHOLE {
+            let c = ConstCounter::new(field(&snap));
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            c.encode(m)?;
+        }
+        for (name, help, field) in PER_MASTER {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (i, m) in snap.masters.iter().enumerate() {
+                let label = MasterLabel {
+                    index: i.to_string(),
+                    master: m.master.clone(),
+                };
+                ConstCounter::new(field(m)).encode(family.encode_family(&label)?)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{MySqlPool, QueryBuilder};
+use sqlx::{MySqlConnection, MySqlExecutor, MySqlPool, QueryBuilder};
 
 use crate::notification::Status;
 
@@ -23,9 +23,9 @@ pub struct StatusReport {
 
 /// Regions present in the table. Served from the first column of the due
 /// index (a loose index scan), so it stays cheap on big tables.
-pub async fn regions(pool: &MySqlPool) -> Result<Vec<String>, sqlx::Error> {
+pub async fn regions<'e>(db: impl MySqlExecutor<'e>) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT region FROM notifications GROUP BY region")
-        .fetch_all(pool)
+        .fetch_all(db)
         .await
 }
 
@@ -33,7 +33,17 @@ pub async fn regions(pool: &MySqlPool) -> Result<Vec<String>, sqlx::Error> {
 /// gate only needs to know whether the backlog is above its threshold, and a
 /// bounded count keeps that check cheap however large the backlog grows.
 pub async fn due_backlog(pool: &MySqlPool, limit: Option<u64>) -> Result<u64, sqlx::Error> {
-    let regions = regions(pool).await?;
+    let mut conn = pool.acquire().await?;
+    due_backlog_on(&mut conn, limit).await
+}
+
+/// [`due_backlog`] on a given connection, for callers that already hold one
+/// (cleanup must not need a second connection from a pool of one).
+pub async fn due_backlog_on(
+    conn: &mut MySqlConnection,
+    limit: Option<u64>,
+) -> Result<u64, sqlx::Error> {
+    let regions = regions(&mut *conn).await?;
     if regions.is_empty() {
         return Ok(0);
     }
@@ -57,7 +67,7 @@ pub async fn due_backlog(pool: &MySqlPool, limit: Option<u64>) -> Result<u64, sq
         }
     }
     qb.push(") parts");
-    let total: u64 = qb.build_query_scalar().fetch_one(pool).await?;
+    let total: u64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
     Ok(match limit {
         Some(limit) => total.min(limit),
         None => total,

@@ -43,8 +43,8 @@ pub async fn run_process(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn cleanup_once(_s: Settings, _a: CleanupCmdArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("herald cleanup is not built yet")
+pub async fn cleanup_once(s: Settings, a: CleanupCmdArgs) -> anyhow::Result<ExitCode> {
+    crate::cleanup::run_once(s, a).await
 }
 
 /// `herald bench`; see [`crate::bench`].

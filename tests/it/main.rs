@@ -2,6 +2,7 @@
 //! test gets its own database and Redis key prefix, so they run in parallel.
 
 mod bench;
+mod companions;
 mod foundation;
 mod helpers;
 mod lock;
