@@ -536,18 +536,34 @@ async fn once_per_window_has_exactly_one_winner() {
             rl.once_per_window("stats", window).await
         }));
     }
-    let mut winners = 0;
+    let mut results = Vec::new();
     for h in handles {
-        if h.await.unwrap().unwrap() {
-            winners += 1;
+        results.push(h.await.unwrap());
+    }
+    let winners = results.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(
+        winners,
+        1,
+        "{results:?} {:?}",
+        instances[0].metrics().snapshot()
+    );
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(!instances[0].once_per_window("stats", window).await.unwrap());
+    // The winner's key is never released: it stays on a majority, with the
+    // window as TTL.
+    let mut holding = 0;
+    for url in masters.urls() {
+        let keys = keys_on(&url, &p).await;
+        assert!(keys.len() <= 1, "{keys:?}");
+        if let Some(k) = keys.first() {
+            assert!(k.starts_with(&format!("{p}stats:")));
+            let mut c = conn(&url).await;
+            let pttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
+            assert!(pttl > 0 && pttl <= window.as_millis() as i64);
+            holding += 1;
         }
     }
-    assert_eq!(winners, 1);
-    assert!(!instances[0].once_per_window("stats", window).await.unwrap());
-    // The key is never released; it carries the window as TTL.
-    let keys = keys_on(&masters.urls()[0], &p).await;
-    assert_eq!(keys.len(), 1);
-    assert!(keys[0].starts_with(&format!("{p}stats:")));
+    assert!(holding >= 2, "held on a majority");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
