@@ -895,3 +895,67 @@ async fn rediss_with_a_private_ca() {
         Err(LockError::NoQuorum { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_hole_master_costs_at_most_the_master_timeout() {
+    // Accepts TCP connections and never answers (not even the handshake).
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_url = format!("redis://{}", hole.local_addr().unwrap());
+    let keep = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hole.incoming().take(64) {
+            conns.push(c);
+        }
+    });
+    let masters = Masters::start(2);
+    let p = prefix();
+    let mut urls = masters.urls();
+    urls.push(hole_url);
+    let rl = redlock(urls, &p).await;
+    // Held by someone else on one real master: our outcome then depends on
+    // the black hole, so this acquire must wait for it, but only for the timeout.
+    let mut c = conn(&masters.urls()[0]).await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{p}held"))
+        .arg("foreign")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let rl = rl.clone();
+        handles.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let free = rl.acquire(&format!("free{i}"), ttl()).await;
+            let free_took = t0.elapsed();
+            let t1 = Instant::now();
+            let held = rl.acquire("held", ttl()).await;
+            (free.is_ok(), free_took, held.is_err(), t1.elapsed())
+        }));
+    }
+    let mut longest = Duration::ZERO;
+    for h in handles {
+        let (ok, free_took, refused, held_took) = h.await.unwrap();
+        assert!(ok && refused);
+        let bound = MASTER_TIMEOUT + Duration::from_millis(30);
+        assert!(
+            free_took <= bound && held_took <= bound,
+            "{free_took:?} {held_took:?}"
+        );
+        longest = longest.max(held_took);
+    }
+    // The first ones waited for the hole; once its breaker opened, the rest
+    // failed fast.
+    assert!(
+        longest >= MASTER_TIMEOUT - Duration::from_millis(5),
+        "{longest:?}"
+    );
+    let snap = rl.metrics().snapshot();
+    assert!(snap.masters[2].timeouts >= 1, "{snap:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{p}held"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    drop(keep); // the accept thread ends with the test process
+}
