@@ -54,6 +54,11 @@ impl Default for LockBenchOpts {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LockBenchReport {
+    /// CPUs available to this process, and the 1-minute load average when
+    /// the run started: lock throughput on a shared machine is bounded by
+    /// what the Redis processes and the client get of it.
+    pub cpus: usize,
+    pub load_avg_1m: Option<f64>,
     pub masters: usize,
     /// True when the benchmark started its own local masters.
     pub own_masters: bool,
@@ -144,6 +149,9 @@ pub async fn run_lock_bench(
     urls: Vec<String>,
     opts: LockBenchOpts,
 ) -> anyhow::Result<LockBenchReport> {
+    let load_avg_1m = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok());
     let own: Vec<LocalRedis> = if urls.is_empty() {
         (0..3)
             .map(|_| LocalRedis::start())
@@ -251,6 +259,8 @@ pub async fn run_lock_bench(
     };
 
     Ok(LockBenchReport {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_avg_1m,
         masters: urls.len(),
         own_masters: !own.is_empty(),
         master_timeout_ms: opts.master_timeout.as_secs_f64() * 1e3,
