@@ -175,6 +175,24 @@ impl Redlock {
     pub fn metrics(&self) -> &LockMetrics {
         &self.inner.metrics
     }
+
+    /// Connects to every master and PINGs it, waiting at most `deadline`;
+    /// returns how many answered. `new` never waits for connections, so the
+    /// first locks after start-up would otherwise pay for dialling (and on a
+    /// busy machine could time out and trip breakers). Call it at start-up
+    /// when that matters; it does not touch the breakers.
+    pub async fn warm_up(&self, deadline: Duration) -> usize {
+        let pings = self
+            .inner
+            .masters
+            .iter()
+            .map(|m| tokio::time::timeout(deadline, m.ping()));
+        futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Ok(()))))
+            .count()
+    }
 }
 
 impl Inner {

@@ -151,7 +151,9 @@ async fn one_of_three_killed_still_granted() {
     let mut masters = Masters::start(3);
     let p = prefix();
     let rl = redlock(masters.urls(), &p).await;
+    assert_eq!(rl.warm_up(Duration::from_secs(2)).await, 3);
     masters[2].kill();
+    assert_eq!(rl.warm_up(Duration::from_millis(200)).await, 2);
     for i in 0..10 {
         let lock = rl.acquire(&format!("k{i}"), ttl()).await.unwrap();
         assert!(lock.remaining_validity() > Duration::from_secs(4));
