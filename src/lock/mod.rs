@@ -219,9 +219,19 @@ impl Inner {
     }
 }
 
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Rejects TTLs whose validity would be (nearly) eaten by the drift allowance,
 /// before anything is sent.
 pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, LockError> {
+    // Far beyond any sensible lock, and keeps `Instant + ttl` from overflowing.
+    if ttl > MAX_TTL {
+        return Err(LockConfigError::Invalid {
+            setting: "ttl",
+            reason: "must be at most 30 days",
+        }
+        .into());
+    }
     let drift = drift(ttl);
     if ttl < drift * 2 || ttl.as_millis() == 0 {
         return Err(LockError::TtlTooShort { ttl, drift });
