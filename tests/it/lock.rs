@@ -380,6 +380,10 @@ async fn too_short_ttl_is_an_error_at_once() {
         "{:?}",
         t0.elapsed()
     );
+    assert!(matches!(
+        rl.acquire("x", Duration::MAX).await,
+        Err(LockError::Config(_))
+    ));
     let mut ok = rl.acquire("x", Duration::from_millis(200)).await.unwrap();
     assert!(matches!(
         rl.extend(&mut ok, Duration::from_millis(2)).await,
