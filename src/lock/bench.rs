@@ -54,6 +54,11 @@ impl Default for LockBenchOpts {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LockBenchReport {
+    /// CPUs available to this process, and the 1-minute load average when
+    /// the run started: lock throughput on a shared machine is bounded by
+    /// what the Redis processes and the client get of it.
+    pub cpus: usize,
+    pub load_avg_1m: Option<f64>,
     pub masters: usize,
     /// True when the benchmark started its own local masters.
     pub own_masters: bool,
@@ -67,6 +72,13 @@ pub struct LockBenchReport {
     /// Keys locked and released per second (each key: one SET and one
     /// release on every master).
     pub batched_keys_per_s: f64,
+    /// Per-master timeouts and errors during the throughput phases (all
+    /// masters healthy): non-zero means the machine was too loaded for the
+    /// per-master timeout at times.
+    pub healthy_timeouts: u64,
+    pub healthy_errors: u64,
+    /// Lock calls of the throughput phases that failed (not counted above).
+    pub healthy_failed_calls: u64,
     /// One of three masters SIGSTOPped, circuit breaker as configured.
     pub hung_master: Option<HungReport>,
     /// Same, breaker disabled: every acquire still sends to the hung master.
@@ -144,6 +156,9 @@ pub async fn run_lock_bench(
     urls: Vec<String>,
     opts: LockBenchOpts,
 ) -> anyhow::Result<LockBenchReport> {
+    let load_avg_1m = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok());
     let own: Vec<LocalRedis> = if urls.is_empty() {
         (0..3)
             .map(|_| LocalRedis::start())
@@ -168,18 +183,30 @@ pub async fn run_lock_bench(
     let ttl = opts.ttl;
 
     // Warm-up: connections dialled, scripts loaded.
-    for i in 0..200 {
-        let l = rl.acquire(&format!("warm:{i}"), ttl).await?;
-        rl.release(l).await?;
+    let ready = rl.warm_up(Duration::from_secs(5)).await;
+    if ready < urls.len() {
+        bail!("only {ready} of {} masters answered PING", urls.len());
     }
+    for i in 0..200 {
+        if let Ok(l) = rl.acquire(&format!("warm:{i}"), ttl).await {
+            let _ = rl.release(l).await;
+        }
+    }
+    // Failed cycles (a loaded machine can exceed the per-master timeout)
+    // are counted, not fatal, and not counted as throughput.
+    let failed = Arc::new(AtomicU64::new(0));
 
     let sequential = {
         let t0 = Instant::now();
         let mut n = 0u64;
+        let mut i = 0u64;
         while t0.elapsed() < opts.phase {
-            let l = rl.acquire(&format!("seq:{n}"), ttl).await?;
-            rl.release(l).await?;
-            n += 1;
+            i += 1;
+            if cycle(&rl, &format!("seq:{i}"), ttl).await {
+                n += 1;
+            } else {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
         }
         n as f64 / t0.elapsed().as_secs_f64()
     };
@@ -192,19 +219,19 @@ pub async fn run_lock_bench(
         for t in 0..opts.concurrency {
             let rl = rl.clone();
             let done = done.clone();
+            let failed = failed.clone();
             tasks.push(tokio::spawn(async move {
                 let mut i = 0u64;
                 while Instant::now() < end {
-                    let l = rl.acquire(&format!("c:{t}:{i}"), ttl).await?;
-                    rl.release(l).await?;
                     i += 1;
+                    let ok = cycle(&rl, &format!("c:{t}:{i}"), ttl).await;
+                    let counter = if ok { &done } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
-                done.fetch_add(i, Ordering::Relaxed);
-                Ok::<_, super::LockError>(())
             }));
         }
         for t in tasks {
-            t.await??;
+            t.await?;
         }
         done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
     };
@@ -218,21 +245,34 @@ pub async fn run_lock_bench(
             let rl = rl.clone();
             let done = done.clone();
             let keys: Vec<String> = (0..opts.batch_size).map(|i| format!("b:{t}:{i}")).collect();
+            let failed = failed.clone();
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < end {
-                    let b = rl.acquire_many(&keys, ttl).await?;
-                    done.fetch_add(b.len() as u64, Ordering::Relaxed);
-                    rl.release_many(b).await?;
+                    match rl.acquire_many(&keys, ttl).await {
+                        Ok(b) => {
+                            let n = b.len() as u64;
+                            if rl.release_many(b).await.is_ok() {
+                                done.fetch_add(n, Ordering::Relaxed);
+                            } else {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
-                Ok::<_, super::LockError>(())
             }));
         }
         for t in tasks {
-            t.await??;
+            t.await?;
         }
         done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
     };
 
+    let healthy = rl.metrics().snapshot();
+    let healthy_timeouts = healthy.masters.iter().map(|m| m.timeouts).sum();
+    let healthy_errors = healthy.masters.iter().map(|m| m.errors).sum();
     let (hung, hung_nb) = if own.len() == 3 {
         own[2].signal("-STOP")?;
         let with_breaker = hung_phase(&rl, "h1", ttl, opts.hung_samples).await;
@@ -241,6 +281,7 @@ pub async fn run_lock_bench(
             ..cfg.clone()
         })
         .await?;
+        no_breaker.warm_up(Duration::from_millis(200)).await;
         // This instance meets the third master already hung, as a freshly
         // started process would.
         let without = hung_phase(&no_breaker, "h2", ttl, opts.hung_samples).await;
@@ -251,6 +292,8 @@ pub async fn run_lock_bench(
     };
 
     Ok(LockBenchReport {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_avg_1m,
         masters: urls.len(),
         own_masters: !own.is_empty(),
         master_timeout_ms: opts.master_timeout.as_secs_f64() * 1e3,
@@ -261,9 +304,20 @@ pub async fn run_lock_bench(
         batch_size: opts.batch_size,
         batch_tasks: opts.batch_tasks.max(1),
         batched_keys_per_s: batched.round(),
+        healthy_timeouts,
+        healthy_errors,
+        healthy_failed_calls: failed.load(Ordering::Relaxed),
         hung_master: hung,
         hung_master_no_breaker: hung_nb,
     })
+}
+
+/// One acquire + release; true if both succeeded.
+async fn cycle(rl: &Redlock, key: &str, ttl: Duration) -> bool {
+    match rl.acquire(key, ttl).await {
+        Ok(l) => rl.release(l).await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// Same as [`run_lock_bench`] (the name the CLI wiring may prefer).

@@ -197,4 +197,10 @@ impl Master {
         }
         Err(kind)
     }
+
+    /// Dials (or reuses) a connection and PINGs it, bypassing the breaker.
+    pub(crate) async fn ping(&self) -> Result<(), RedisError> {
+        let mut conn = self.checkout().await?;
+        redis::cmd("PING").query_async::<()>(&mut conn.inner).await
+    }
 }

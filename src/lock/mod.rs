@@ -175,6 +175,24 @@ impl Redlock {
     pub fn metrics(&self) -> &LockMetrics {
         &self.inner.metrics
     }
+
+    /// Connects to every master and PINGs it, waiting at most `deadline`;
+    /// returns how many answered. `new` never waits for connections, so the
+    /// first locks after start-up would otherwise pay for dialling (and on a
+    /// busy machine could time out and trip breakers). Call it at start-up
+    /// when that matters; it does not touch the breakers.
+    pub async fn warm_up(&self, deadline: Duration) -> usize {
+        let pings = self
+            .inner
+            .masters
+            .iter()
+            .map(|m| tokio::time::timeout(deadline, m.ping()));
+        futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Ok(()))))
+            .count()
+    }
 }
 
 impl Inner {
@@ -201,9 +219,19 @@ impl Inner {
     }
 }
 
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Rejects TTLs whose validity would be (nearly) eaten by the drift allowance,
 /// before anything is sent.
 pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, LockError> {
+    // Far beyond any sensible lock, and keeps `Instant + ttl` from overflowing.
+    if ttl > MAX_TTL {
+        return Err(LockConfigError::Invalid {
+            setting: "ttl",
+            reason: "must be at most 30 days",
+        }
+        .into());
+    }
     let drift = drift(ttl);
     if ttl < drift * 2 || ttl.as_millis() == 0 {
         return Err(LockError::TtlTooShort { ttl, drift });

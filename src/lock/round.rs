@@ -27,9 +27,13 @@ pub(crate) type Round<R> = FuturesUnordered<MasterFut<R>>;
 /// Which masters still have a `SET` of ours in flight.
 ///
 /// A round returns before slow masters answered; their `SET` may still land.
-/// A release sent on another pooled connection could overtake it and leave a
-/// stale key behind (blocking that master until the TTL), so releases to such
-/// a master wait until its `SET` has finished (which its own timeout bounds).
+/// A release that overtook it would leave a stale key behind, blocking that
+/// master for the whole TTL (we saw exactly that under contention), so a
+/// release to such a master first waits until our `SET` request has finished
+/// (its own timeout bounds the wait). A `SET` that *timed out* may still be
+/// queued at the master; with one connection per master (the default) the
+/// release queues behind it on the same connection, with several it may not,
+/// and the stray key then lives until its TTL.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     pending: AtomicU64,

@@ -151,7 +151,9 @@ async fn one_of_three_killed_still_granted() {
     let mut masters = Masters::start(3);
     let p = prefix();
     let rl = redlock(masters.urls(), &p).await;
+    assert_eq!(rl.warm_up(Duration::from_secs(2)).await, 3);
     masters[2].kill();
+    assert_eq!(rl.warm_up(Duration::from_millis(200)).await, 2);
     for i in 0..10 {
         let lock = rl.acquire(&format!("k{i}"), ttl()).await.unwrap();
         assert!(lock.remaining_validity() > Duration::from_secs(4));
@@ -378,7 +380,11 @@ async fn too_short_ttl_is_an_error_at_once() {
         "{:?}",
         t0.elapsed()
     );
-    let mut ok = rl.acquire("x", Duration::from_millis(10)).await.unwrap();
+    assert!(matches!(
+        rl.acquire("x", Duration::MAX).await,
+        Err(LockError::Config(_))
+    ));
+    let mut ok = rl.acquire("x", Duration::from_millis(200)).await.unwrap();
     assert!(matches!(
         rl.extend(&mut ok, Duration::from_millis(2)).await,
         Err(LockError::TtlTooShort { .. })
@@ -536,18 +542,34 @@ async fn once_per_window_has_exactly_one_winner() {
             rl.once_per_window("stats", window).await
         }));
     }
-    let mut winners = 0;
+    let mut results = Vec::new();
     for h in handles {
-        if h.await.unwrap().unwrap() {
-            winners += 1;
+        results.push(h.await.unwrap());
+    }
+    let winners = results.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(
+        winners,
+        1,
+        "{results:?} {:?}",
+        instances[0].metrics().snapshot()
+    );
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(!instances[0].once_per_window("stats", window).await.unwrap());
+    // The winner's key is never released: it stays on a majority, with the
+    // window as TTL.
+    let mut holding = 0;
+    for url in masters.urls() {
+        let keys = keys_on(&url, &p).await;
+        assert!(keys.len() <= 1, "{keys:?}");
+        if let Some(k) = keys.first() {
+            assert!(k.starts_with(&format!("{p}stats:")));
+            let mut c = conn(&url).await;
+            let pttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
+            assert!(pttl > 0 && pttl <= window.as_millis() as i64);
+            holding += 1;
         }
     }
-    assert_eq!(winners, 1);
-    assert!(!instances[0].once_per_window("stats", window).await.unwrap());
-    // The key is never released; it carries the window as TTL.
-    let keys = keys_on(&masters.urls()[0], &p).await;
-    assert_eq!(keys.len(), 1);
-    assert!(keys[0].starts_with(&format!("{p}stats:")));
+    assert!(holding >= 2, "held on a majority");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -878,4 +900,68 @@ async fn rediss_with_a_private_ca() {
         untrusted.acquire("tls", ttl()).await,
         Err(LockError::NoQuorum { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_hole_master_costs_at_most_the_master_timeout() {
+    // Accepts TCP connections and never answers (not even the handshake).
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_url = format!("redis://{}", hole.local_addr().unwrap());
+    let keep = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hole.incoming().take(64) {
+            conns.push(c);
+        }
+    });
+    let masters = Masters::start(2);
+    let p = prefix();
+    let mut urls = masters.urls();
+    urls.push(hole_url);
+    let rl = redlock(urls, &p).await;
+    // Held by someone else on one real master: our outcome then depends on
+    // the black hole, so this acquire must wait for it, but only for the timeout.
+    let mut c = conn(&masters.urls()[0]).await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{p}held"))
+        .arg("foreign")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let rl = rl.clone();
+        handles.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let free = rl.acquire(&format!("free{i}"), ttl()).await;
+            let free_took = t0.elapsed();
+            let t1 = Instant::now();
+            let held = rl.acquire("held", ttl()).await;
+            (free.is_ok(), free_took, held.is_err(), t1.elapsed())
+        }));
+    }
+    let mut longest = Duration::ZERO;
+    for h in handles {
+        let (ok, free_took, refused, held_took) = h.await.unwrap();
+        assert!(ok && refused);
+        let bound = MASTER_TIMEOUT + Duration::from_millis(30);
+        assert!(
+            free_took <= bound && held_took <= bound,
+            "{free_took:?} {held_took:?}"
+        );
+        longest = longest.max(held_took);
+    }
+    // The first ones waited for the hole; once its breaker opened, the rest
+    // failed fast.
+    assert!(
+        longest >= MASTER_TIMEOUT - Duration::from_millis(5),
+        "{longest:?}"
+    );
+    let snap = rl.metrics().snapshot();
+    assert!(snap.masters[2].timeouts >= 1, "{snap:?}");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{p}held"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    drop(keep); // the accept thread ends with the test process
 }
