@@ -50,6 +50,17 @@ impl App {
             Transports::from_settings(&config.transport).map_err(transport_config_error)?;
         let store = Store::connect(&settings.database_url, settings.db_pool_size).await?;
         let redlock = redlock(&settings).await?;
+        // Dial the masters before the first poll: otherwise the first
+        // batched locks pay for connecting and, on a busy machine, can time
+        // out and open a master's breaker.
+        let answered = redlock.warm_up(std::time::Duration::from_secs(3)).await;
+        if answered < redlock.quorum() {
+            tracing::warn!(
+                answered,
+                masters = redlock.masters(),
+                "fewer Redis masters than a quorum answered at start-up; polls will fail until they do"
+            );
+        }
         let metrics = Metrics::with_redlock(&redlock);
         Ok(App {
             deps: Deps {
