@@ -291,7 +291,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "HERALD_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
     /// Rows claimed per poll (at most).
-    #[arg(long, env = "HERALD_BATCH_SIZE", default_value_t = 200)]
+    #[arg(long, env = "HERALD_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: usize,
     /// Lock time-to-live in milliseconds; also bounds the claim lease.
     #[arg(long, env = "HERALD_LOCK_TTL_MS", default_value_t = 30_000)]

@@ -105,6 +105,9 @@ pub(crate) struct Shared {
     pub abort: CancellationToken,
     pub finish_tx: mpsc::UnboundedSender<finish::Done>,
     pub totals: AtomicTotals,
+    /// Moving average of one delivery's duration in microseconds; sizes
+    /// how far ahead the poller claims.
+    pub send_ewma_us: AtomicU64,
     /// Last time the poll loop completed a round; `/livez` reads it.
     pub heartbeat: AtomicU64,
     pub started: Instant,
@@ -161,6 +164,7 @@ impl Worker {
             abort: CancellationToken::new(),
             finish_tx,
             totals: AtomicTotals::default(),
+            send_ewma_us: AtomicU64::new(0),
             heartbeat: AtomicU64::new(0),
             started: Instant::now(),
         });

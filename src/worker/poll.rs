@@ -16,11 +16,15 @@ use crate::config::LockScope;
 use crate::lock::BatchLock;
 use crate::store::claim::{self, Candidate};
 
-/// Candidates read per row wanted. Instances draw their batch at random from
-/// a window this many times larger than the batch, so several instances
+/// Candidates read per row wanted (the "spread"). Instances draw their batch
+/// at random from a window larger than the batch, so several instances
 /// polling at once mostly pick different rows instead of all locking the
 /// same oldest ones (they would then lose the race on each other's keys).
-const SPREAD: usize = 4;
+/// The spread adapts: it doubles while many keys turn out contended (many
+/// instances) and decays towards the minimum when they do not, because
+/// reading the window is a good share of a poll's database cost.
+const MIN_SPREAD: f64 = 1.5;
+const MAX_SPREAD: f64 = 8.0;
 const MAX_WINDOW: usize = 10_000;
 
 /// Rows of one poll round that were locked and claimed together: they share
@@ -40,22 +44,47 @@ pub(crate) struct ClaimBatch {
 }
 
 /// What one round found.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Round {
     candidates: usize,
     claimed: usize,
+    /// Keys asked for and keys another owner held.
+    keys: usize,
+    contended: usize,
+}
+
+/// How many rows beyond the send slots a worker keeps claimed.
+///
+/// Enough to cover about two poll rounds of sending, so slots never wait
+/// for a poll; no more, because rows claimed ahead are rows other instances
+/// cannot take (with slow sends a deep prefetch makes one instance hoard the
+/// tail of a backlog while the others idle). With instant sends this is the
+/// whole batch size, so polls stay large.
+fn claim_ahead(concurrency: usize, batch_size: usize, poll_us: f64, send_us: f64) -> usize {
+    let floor = concurrency.min(batch_size).max(1);
+    if send_us <= 0.0 {
+        // Nothing sent yet: start modestly, a slow receiver would otherwise
+        // let the first instance up claim a whole batch of the backlog.
+        return floor;
+    }
+    let rows = concurrency as f64 * (2.0 * poll_us / send_us).ceil();
+    (rows as usize).clamp(floor, batch_size.max(floor))
 }
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let cfg = &shared.cfg;
-    let capacity = cfg.concurrency + cfg.batch_size;
     let min_room = (cfg.batch_size.min(cfg.concurrency) / 2).max(1);
     let mut backoff = PollBackoff::new(cfg.poll_interval);
+    let mut spread = 2.0_f64;
+    let mut poll_us = 0.0_f64;
     loop {
         shared.beat();
         if shared.stop.is_cancelled() {
             return;
         }
+        let send_us = shared.send_ewma_us.load(Ordering::Relaxed) as f64;
+        let capacity =
+            cfg.concurrency + claim_ahead(cfg.concurrency, cfg.batch_size, poll_us, send_us);
         let room = || capacity.saturating_sub(shared.in_flight.load(Ordering::Acquire)) >= min_room;
         if !room() {
             tokio::select! {
@@ -68,7 +97,24 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let want = cfg
             .batch_size
             .min(capacity - shared.in_flight.load(Ordering::Acquire));
-        let pause = match poll_once(&shared, want).await {
+        let started = Instant::now();
+        let result = poll_once(&shared, want, spread).await;
+        if let Ok(round) = &result {
+            if round.claimed > 0 {
+                let took = started.elapsed().as_micros() as f64;
+                poll_us = if poll_us == 0.0 {
+                    took
+                } else {
+                    poll_us * 0.8 + took * 0.2
+                };
+            }
+            spread = if round.contended * 4 > round.keys {
+                (spread * 2.0).min(MAX_SPREAD)
+            } else {
+                (spread * 0.9).max(MIN_SPREAD)
+            };
+        }
+        let pause = match result {
             Ok(round) if round.candidates >= want => {
                 backoff.reset();
                 None
@@ -90,20 +136,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-async fn poll_once(shared: &Arc<Shared>, want: usize) -> anyhow::Result<Round> {
+async fn poll_once(shared: &Arc<Shared>, want: usize, spread: f64) -> anyhow::Result<Round> {
     let cfg = &shared.cfg;
     let store = &shared.deps.store;
     let metrics = &shared.deps.metrics;
     let started = Instant::now();
-    let window = (want * SPREAD).min(MAX_WINDOW);
+    let window = ((want as f64 * spread).ceil() as usize).clamp(want, MAX_WINDOW.max(want));
     let candidates = claim::candidates(store.pool(), &shared.regions, window)
         .await
         .context("reading due candidates")?;
     if candidates.is_empty() {
-        return Ok(Round {
-            candidates: 0,
-            claimed: 0,
-        });
+        return Ok(Round::default());
     }
     let picked = pick(&candidates, want, cfg.lock_scope);
     let key_of = |c: &Candidate| match cfg.lock_scope {
@@ -124,14 +167,16 @@ async fn poll_once(shared: &Arc<Shared>, want: usize) -> anyhow::Result<Round> {
     metrics
         .lock_acquire_duration
         .observe(t.elapsed().as_secs_f64());
-    metrics
-        .lock_contended
-        .inc_by((keys.len() - lock.granted().len()) as u64);
+    let contended = keys.len() - lock.granted().len();
+    metrics.lock_contended.inc_by(contended as u64);
+    let mut round = Round {
+        candidates: candidates.len(),
+        claimed: 0,
+        keys: keys.len(),
+        contended,
+    };
     if lock.granted().is_empty() {
-        return Ok(Round {
-            candidates: candidates.len(),
-            claimed: 0,
-        });
+        return Ok(round);
     }
 
     // The lease may never outlive the lock: once the lock could have
@@ -222,10 +267,7 @@ async fn poll_once(shared: &Arc<Shared>, want: usize) -> anyhow::Result<Round> {
         }
     }
     if jobs.is_empty() {
-        return Ok(Round {
-            candidates: candidates.len(),
-            claimed: 0,
-        });
+        return Ok(round);
     }
 
     let n = jobs.len();
@@ -267,10 +309,8 @@ async fn poll_once(shared: &Arc<Shared>, want: usize) -> anyhow::Result<Round> {
             }
         }
     }
-    Ok(Round {
-        candidates: candidates.len(),
-        claimed: n,
-    })
+    round.claimed = n;
+    Ok(round)
 }
 
 async fn release_all(shared: &Shared, lock: &BatchLock) {
@@ -351,6 +391,18 @@ mod tests {
                 assert_eq!(picked.iter().filter(|c| c.user_id == u).count(), 8);
             }
         }
+    }
+
+    #[test]
+    fn claim_ahead_follows_send_speed() {
+        // Before the first send: the slots' worth.
+        assert_eq!(claim_ahead(64, 1000, 5_000.0, 0.0), 64);
+        // Instant sends: whole batches.
+        assert_eq!(claim_ahead(64, 1000, 5_000.0, 50.0), 1000);
+        // 20 ms sends, 10 ms polls: one round of slots, not the batch.
+        assert_eq!(claim_ahead(50, 1000, 10_000.0, 20_000.0), 50);
+        // Never below the slots (or the batch, if smaller).
+        assert_eq!(claim_ahead(50, 20, 1.0, 1_000_000.0), 20);
     }
 
     #[test]

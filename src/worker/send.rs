@@ -1,5 +1,6 @@
 //! Senders: deliver claimed rows and turn each outcome into a [`Finish`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,11 +141,21 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             return (Finish::HandBack, None);
         }
     };
+    let took = started.elapsed();
     shared
         .deps
         .metrics
         .send_duration
-        .observe(started.elapsed().as_secs_f64());
+        .observe(took.as_secs_f64());
+    // A racy read-modify-write is fine for a moving average.
+    let prev = shared.send_ewma_us.load(Ordering::Relaxed);
+    let now_us = (took.as_micros() as u64).max(1);
+    let next = if prev == 0 {
+        now_us
+    } else {
+        (prev * 7 + now_us) / 8
+    };
+    shared.send_ewma_us.store(next, Ordering::Relaxed);
 
     match outcome {
         SendOutcome::Sent => {
