@@ -20,6 +20,9 @@ use crate::store::claim::{self, Finish, FinishCounts};
 
 /// Most rows written in one round.
 const MAX_ROUND: usize = 2_000;
+/// Rounds smaller than this may wait [`LINGER`] for more rows.
+const LINGER_BELOW: usize = 128;
+const LINGER: Duration = Duration::from_millis(1);
 /// Attempts of a finish write before the rows are left to their lease.
 const WRITE_ATTEMPTS: u32 = 5;
 
@@ -50,11 +53,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
     while !closing {
         let Some(first) = rx.recv().await else { break };
         let mut items = vec![first];
-        while items.len() < MAX_ROUND {
-            match rx.try_recv() {
-                Ok(d) => items.push(d),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut items);
+        // Many rows still in flight but few arrived: they are likely to
+        // finish within a moment, and one statement for all of them costs
+        // the database far less than one each. Linger once, briefly.
+        let in_flight = shared.in_flight.load(Ordering::Acquire);
+        if items.len() < LINGER_BELOW && in_flight > items.len() * 4 {
+            tokio::time::sleep(LINGER).await;
+            drain(&mut rx, &mut items);
         }
         let mut groups: HashMap<usize, Group> = HashMap::new();
         for item in items {
@@ -83,6 +89,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
         }
         let writes = groups.into_values().map(|g| write_group(&shared, g));
         futures::future::join_all(writes).await;
+    }
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<Done>, items: &mut Vec<Done>) {
+    while items.len() < MAX_ROUND {
+        match rx.try_recv() {
+            Ok(d) => items.push(d),
+            Err(_) => break,
+        }
     }
 }
 

@@ -69,6 +69,26 @@ fn env(receiver: &Receiver, extra: &[(&str, &str)]) -> Vec<(&'static str, String
     v
 }
 
+/// Settings for fault tests: a short lock TTL (send timeout 40% of it) so
+/// leases run out within the test, and small batches.
+fn short_lock_env(
+    rcv: &Receiver,
+    id: &str,
+    concurrency: usize,
+    ttl_ms: u64,
+) -> Vec<(&'static str, String)> {
+    env(
+        rcv,
+        &[
+            ("HERALD_WORKER_ID", id),
+            ("HERALD_CONCURRENCY", &concurrency.to_string()),
+            ("HERALD_BATCH_SIZE", &(concurrency * 2).to_string()),
+            ("HERALD_LOCK_TTL_MS", &ttl_ms.to_string()),
+            ("HERALD_SEND_TIMEOUT_MS", &(ttl_ms * 2 / 5).to_string()),
+        ],
+    )
+}
+
 async fn wait_all_final(db: &TestDb, total: i64, deadline: Duration) {
     wait_until("all rows final", deadline, || async {
         db.scalar(
@@ -223,18 +243,7 @@ async fn killing_a_worker_mid_run_loses_nothing_and_duplicates_only_its_in_fligh
     enqueue(&db, 1500, 300, "default").await;
     let rcv = Receiver::ok(Duration::from_millis(40)).await;
     let prefix = key_prefix();
-    let settings = |id: &str| {
-        env(
-            &rcv,
-            &[
-                ("HERALD_WORKER_ID", id),
-                ("HERALD_CONCURRENCY", "16"),
-                ("HERALD_BATCH_SIZE", "32"),
-                ("HERALD_LOCK_TTL_MS", "2000"),
-                ("HERALD_SEND_TIMEOUT_MS", "500"),
-            ],
-        )
-    };
+    let settings = |id: &str| short_lock_env(&rcv, id, 16, 2000);
     let mut victim = WorkerProc::spawn(&db, &prefix, &settings("victim"));
     let mut others: Vec<WorkerProc> = (0..2)
         .map(|i| WorkerProc::spawn(&db, &prefix, &settings(&format!("w{i}"))))
@@ -291,18 +300,7 @@ async fn a_worker_stalled_past_its_lock_changes_nothing_when_it_resumes() {
     enqueue(&db, 600, 600, "default").await;
     let rcv = Receiver::ok(Duration::from_millis(150)).await;
     let prefix = key_prefix();
-    let settings = |id: &str| {
-        env(
-            &rcv,
-            &[
-                ("HERALD_WORKER_ID", id),
-                ("HERALD_CONCURRENCY", "8"),
-                ("HERALD_BATCH_SIZE", "16"),
-                ("HERALD_LOCK_TTL_MS", "1000"),
-                ("HERALD_SEND_TIMEOUT_MS", "400"),
-            ],
-        )
-    };
+    let settings = |id: &str| short_lock_env(&rcv, id, 8, 1000);
     let mut stalled = WorkerProc::spawn(&db, &prefix, &settings("stalled"));
     wait_until("the worker has sends in flight", Duration::from_secs(30), || async {
         rcv.in_progress() >= 4
