@@ -49,6 +49,7 @@ impl App {
         let transports =
             Transports::from_settings(&config.transport).map_err(transport_config_error)?;
         let store = Store::connect(&settings.database_url, settings.db_pool_size).await?;
+        crate::store::migrate::check_applied(store.pool()).await?;
         let redlock = redlock(&settings).await?;
         // Dial the masters before the first poll: otherwise the first
         // batched locks pay for connecting and, on a busy machine, can time

@@ -103,6 +103,7 @@ pub async fn run(
     )
     .await?;
     let expected = workload::ids_after(&db.store, old_max).await?;
+    workload::settle(&db.store).await?;
     eprintln!("{label}: enqueued {}; starting workers", expected.len());
 
     let dir = RunDir::new()?;

@@ -128,3 +128,26 @@ pub fn database_name(url: &SecretUrl) -> anyhow::Result<String> {
     }
     Ok(name)
 }
+
+/// Fails unless every embedded migration has been applied, so a worker
+/// started against a new or outdated database says what to do instead of
+/// failing every poll.
+pub async fn check_applied(pool: &sqlx::MySqlPool) -> anyhow::Result<()> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let missing: Vec<String> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the database schema is not up to date (missing: {}); run `herald migrate` first",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -374,3 +374,24 @@ async fn passwords_never_appear_in_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[tokio::test]
+async fn a_worker_on_an_unmigrated_database_says_to_run_migrate() {
+    let db = DbName::new();
+    let server = herald::secret::SecretUrl::parse(&format!("{MYSQL_SERVER}/mysql")).unwrap();
+    let admin = herald::store::Store::connect(&server, 1).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE `{}`", db.name))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    admin.close().await;
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", db.url.expose())
+        .env("HERALD_HTTP_ADDR", "")
+        .arg("worker")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("run `herald migrate` first"), "{err}");
+}
