@@ -610,3 +610,94 @@ async fn a_worker_serves_only_its_region() {
     );
     assert_eq!(rcv.count(), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_masters_failing_and_returning_lose_nothing() {
+    use crate::redis_procs::Masters;
+    let db = TestDb::new().await;
+    install_finish_log(&db).await;
+    enqueue(&db, 3000, 3000, "default").await;
+    let mut masters = Masters::start(3);
+    let rcv = Receiver::ok(Duration::from_millis(2)).await;
+    let prefix = key_prefix();
+    let urls = masters.urls().join(",");
+    let mut workers: Vec<WorkerProc> = (0..2)
+        .map(|i| {
+            WorkerProc::spawn(
+                &db,
+                &prefix,
+                &env(
+                    &rcv,
+                    &[
+                        ("HERALD_REDIS_URLS", &urls),
+                        ("HERALD_LOCK_MASTER_TIMEOUT_MS", "50"),
+                        ("HERALD_WORKER_ID", &format!("w{i}")),
+                        ("HERALD_CONCURRENCY", "8"),
+                        ("HERALD_BATCH_SIZE", "32"),
+                    ],
+                ),
+            )
+        })
+        .collect();
+    let sent = || db.count_status("sent");
+    wait_until("sending started", Duration::from_secs(30), || async {
+        sent().await >= 200
+    })
+    .await;
+
+    // One of three masters gone: a majority remains, sending goes on.
+    masters[0].kill();
+    let at_kill = sent().await;
+    wait_until(
+        "progress with 2 of 3 masters",
+        Duration::from_secs(30),
+        || async { sent().await >= at_kill + 500 },
+    )
+    .await;
+
+    // Two of three gone: no quorum, no new claims, and the logs say why.
+    masters[1].kill();
+    wait_until(
+        "workers report the lost quorum",
+        Duration::from_secs(30),
+        || async { workers.iter().all(|w| w.logs().contains("no quorum")) },
+    )
+    .await;
+    wait_until("in-flight rows finish", Duration::from_secs(30), || async {
+        db.count_status("sending").await == 0
+    })
+    .await;
+    let frozen = sent().await;
+    assert!(frozen < 3000, "the test must lose the quorum mid-run");
+    let failures = || {
+        workers
+            .iter()
+            .map(|w| w.logs().matches("no quorum").count())
+            .sum::<usize>()
+    };
+    let before = failures();
+    wait_until("more polls fail", Duration::from_secs(30), || async {
+        failures() >= before + 4
+    })
+    .await;
+    assert_eq!(
+        sent().await,
+        frozen,
+        "nothing is claimed or sent without a quorum"
+    );
+
+    // Masters come back empty (they keep nothing on disk): sending resumes,
+    // and the fenced claims keep it exactly-once.
+    masters[0].restart();
+    masters[1].restart();
+    wait_all_final(&db, 3000, Duration::from_secs(60)).await;
+    stop_all(&mut workers).await;
+    assert_eq!(sent().await, 3000);
+    let delivered = rcv.delivered();
+    assert_eq!(delivered.len(), 3000);
+    assert!(
+        delivered.values().all(|n| *n == 1),
+        "no duplicates without a crash"
+    );
+    assert_finished_once(&db).await;
+}
