@@ -24,6 +24,19 @@ pub struct Candidate {
     pub due_at: DateTime<Utc>,
 }
 
+/// A slice of the candidates: rows whose id (or user id) is `index` modulo
+/// `count`. Instances that poll at the same time mostly read different
+/// slices, so they do not all lock the same oldest rows; the condition is
+/// evaluated on the covering index, so a slice costs the database no row
+/// reads and sends nothing over the wire for the rows it skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub count: u32,
+    pub index: u32,
+    /// Slice by `user_id` (user lock scope keeps a user's rows together).
+    pub by_user: bool,
+}
+
 /// Due candidates of the given regions, oldest first, at most `limit`.
 ///
 /// A non-locking read: nothing is held between this and the claim, so
@@ -33,6 +46,7 @@ pub async fn candidates(
     pool: &MySqlPool,
     regions: &[String],
     limit: usize,
+    slice: Option<Slice>,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
     let mut qb = QueryBuilder::new("");
     let mut first = true;
@@ -46,7 +60,16 @@ pub async fn candidates(
                 .push_bind(region)
                 .push(" AND status = ")
                 .push_bind(status)
-                .push(" AND due_at <= UTC_TIMESTAMP(6) ORDER BY due_at, id LIMIT ")
+                .push(" AND due_at <= UTC_TIMESTAMP(6)");
+            if let Some(sl) = slice.filter(|sl| sl.count > 1) {
+                let column = if sl.by_user { "user_id" } else { "id" };
+                qb.push(format!(
+                    " AND MOD({column}, {}) = {}",
+                    sl.count,
+                    sl.index % sl.count
+                ));
+            }
+            qb.push(" ORDER BY due_at, id LIMIT ")
                 .push_bind(limit as u64)
                 .push(")");
         }

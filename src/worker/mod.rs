@@ -23,6 +23,7 @@ pub mod finish;
 pub mod poll;
 pub mod process;
 pub mod send;
+pub(crate) mod spread;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -11,20 +11,12 @@ use rand::seq::SliceRandom;
 
 use super::backoff::PollBackoff;
 use super::send::{self, Job};
+use super::spread::Spreader;
 use super::{wait_for, Shared};
 use crate::config::LockScope;
 use crate::lock::BatchLock;
 use crate::store::claim::{self, Candidate};
 
-/// Candidates read per row wanted (the "spread"). Instances draw their batch
-/// at random from a window larger than the batch, so several instances
-/// polling at once mostly pick different rows instead of all locking the
-/// same oldest ones (they would then lose the race on each other's keys).
-/// The spread adapts: it doubles while many keys turn out contended (many
-/// instances) and decays towards the minimum when they do not, because
-/// reading the window is a good share of a poll's database cost.
-const MIN_SPREAD: f64 = 1.5;
-const MAX_SPREAD: f64 = 8.0;
 const MAX_WINDOW: usize = 10_000;
 
 /// Rows of one poll round that were locked and claimed together: they share
@@ -75,7 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let cfg = &shared.cfg;
     let min_room = (cfg.batch_size.min(cfg.concurrency) / 2).max(1);
     let mut backoff = PollBackoff::new(cfg.poll_interval);
-    let mut spread = 2.0_f64;
+    let mut spreader = Spreader::new(cfg.lock_scope);
     let mut poll_us = 0.0_f64;
     loop {
         shared.beat();
@@ -98,7 +90,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             .batch_size
             .min(capacity - shared.in_flight.load(Ordering::Acquire));
         let started = Instant::now();
-        let result = poll_once(&shared, want, spread).await;
+        let slice = spreader.next();
+        let result = poll_once(&shared, want, slice).await;
         if let Ok(round) = &result {
             if round.claimed > 0 {
                 let took = started.elapsed().as_micros() as f64;
@@ -108,14 +101,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     poll_us * 0.8 + took * 0.2
                 };
             }
-            spread = if round.contended * 4 > round.keys {
-                (spread * 2.0).min(MAX_SPREAD)
-            } else {
-                (spread * 0.9).max(MIN_SPREAD)
-            };
+            spreader.observe(round.keys, round.contended);
         }
         let pause = match result {
             Ok(round) if round.candidates >= want => {
+                backoff.reset();
+                None
+            }
+            // A sliced read saw only part of the backlog: its emptiness or
+            // shortness says nothing about the rest, so poll again at once
+            // (over everything, if this slice was empty).
+            Ok(round) if slice.is_some() && (round.candidates > 0 || spreader.widen()) => {
                 backoff.reset();
                 None
             }
@@ -136,13 +132,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-async fn poll_once(shared: &Arc<Shared>, want: usize, spread: f64) -> anyhow::Result<Round> {
+async fn poll_once(
+    shared: &Arc<Shared>,
+    want: usize,
+    slice: Option<claim::Slice>,
+) -> anyhow::Result<Round> {
     let cfg = &shared.cfg;
     let store = &shared.deps.store;
     let metrics = &shared.deps.metrics;
     let started = Instant::now();
-    let window = ((want as f64 * spread).ceil() as usize).clamp(want, MAX_WINDOW.max(want));
-    let candidates = claim::candidates(store.pool(), &shared.regions, window)
+    let window = want.min(MAX_WINDOW);
+    let candidates = claim::candidates(store.pool(), &shared.regions, window, slice)
         .await
         .context("reading due candidates")?;
     if candidates.is_empty() {
