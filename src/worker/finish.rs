@@ -23,6 +23,8 @@ const MAX_ROUND: usize = 2_000;
 /// Rounds smaller than this may wait [`LINGER`] for more rows.
 const LINGER_BELOW: usize = 128;
 const LINGER: Duration = Duration::from_millis(1);
+/// Longest one finish write may take before it is retried.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of a finish write before the rows are left to their lease.
 const WRITE_ATTEMPTS: u32 = 5;
 
@@ -106,7 +108,14 @@ async fn write_group(shared: &Shared, g: Group) {
     let n = g.rows.len();
     let mut counts = None;
     for attempt in 1..=WRITE_ATTEMPTS {
-        match claim::finish(shared.deps.store.pool(), &token, &g.rows).await {
+        // A database that hangs (rather than fails) must not hold the rows
+        // and their send slots forever: bound each attempt.
+        let write = claim::finish(shared.deps.store.pool(), &token, &g.rows);
+        let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+        };
+        match result {
             Ok(c) => {
                 counts = Some(c);
                 break;

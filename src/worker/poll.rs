@@ -91,7 +91,15 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             .min(capacity - shared.in_flight.load(Ordering::Acquire));
         let started = Instant::now();
         let slice = spreader.next();
-        let result = poll_once(&shared, want, slice).await;
+        // A database or Redis that hangs instead of failing must not stop
+        // the loop for good: /livez watches this loop's heartbeat.
+        let limit = cfg.lock_ttl.max(Duration::from_secs(10));
+        let result = match tokio::time::timeout(limit, poll_once(&shared, want, slice)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!(
+                "poll round got no answer within {limit:?}; claims it may have made return when their lease expires"
+            )),
+        };
         if let Ok(round) = &result {
             if round.claimed > 0 {
                 let took = started.elapsed().as_micros() as f64;
