@@ -701,3 +701,41 @@ async fn redis_masters_failing_and_returning_lose_nothing() {
     );
     assert_finished_once(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    require_redis().await;
+    let db = TestDb::new().await;
+    enqueue(&db, 20, 20, "default").await;
+    // Sends that would outlast any reasonable wait.
+    let rcv = Receiver::ok(Duration::from_secs(8)).await;
+    let prefix = key_prefix();
+    let mut worker = WorkerProc::spawn(
+        &db,
+        &prefix,
+        &env(
+            &rcv,
+            &[
+                ("HERALD_SHUTDOWN_GRACE_MS", "60000"),
+                ("HERALD_SEND_TIMEOUT_MS", "9000"),
+            ],
+        ),
+    );
+    wait_until("sends in flight", Duration::from_secs(30), || async {
+        rcv.in_progress() >= 5
+    })
+    .await;
+    worker.signal("TERM");
+    wait_until(
+        "the first signal is acknowledged",
+        Duration::from_secs(10),
+        || async { worker.logs().contains("shutting down") },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    worker.signal("INT");
+    let status = worker.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(130), "{}", worker.logs());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(worker.logs().contains("second signal"));
+}
