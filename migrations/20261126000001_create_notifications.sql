@@ -34,5 +34,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     -- finished_at only changes once (at the final write), so claiming a row
     -- never touches this index.
     KEY ix_notifications_finished (finished_at),
-    KEY ix_notifications_user (user_id, due_at)
+    -- Per-user lookups in schedule order. send_at, not due_at: due_at moves
+    -- on every claim and retry, and each move would rewrite this index too.
+    KEY ix_notifications_user (user_id, send_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci;
