@@ -2,8 +2,6 @@
 //! connections, transports and metrics from validated settings, then the
 //! worker and its companion tasks (cleanup, stats, HTTP) until shutdown.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -107,6 +105,3 @@ impl App {
         Ok(totals)
     }
 }
-
-/// Shared ownership for companion tasks.
-pub type SharedApp = Arc<App>;
