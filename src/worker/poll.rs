@@ -88,7 +88,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
         let want = cfg
             .batch_size
-            .min(capacity - shared.in_flight.load(Ordering::Acquire));
+            .min(capacity.saturating_sub(shared.in_flight.load(Ordering::Acquire)))
+            .max(1);
         let started = Instant::now();
         let slice = spreader.next();
         // A database or Redis that hangs instead of failing must not stop
@@ -112,18 +113,23 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             spreader.observe(round.keys, round.contended);
         }
         let pause = match result {
-            Ok(round) if round.candidates >= want => {
+            // More is due: poll again at once.
+            Ok(round) if round.claimed > 0 && round.candidates >= want => {
                 backoff.reset();
                 None
             }
-            // A sliced read saw only part of the backlog: its emptiness or
-            // shortness says nothing about the rest, so poll again at once
-            // (over everything, if this slice was empty).
-            Ok(round) if slice.is_some() && (round.candidates > 0 || spreader.widen()) => {
+            // A sliced read saw only part of the backlog; its shortness
+            // says nothing about the rest.
+            Ok(round) if round.claimed > 0 && slice.is_some() => {
                 backoff.reset();
                 None
             }
-            Ok(round) if round.candidates > 0 || round.claimed > 0 => Some(backoff.partial()),
+            // An empty slice: look at everything before going idle.
+            Ok(round) if round.candidates == 0 && slice.is_some() && spreader.widen() => None,
+            Ok(round) if round.claimed > 0 => Some(backoff.partial()),
+            // Nothing claimed: nothing is due, or everything due is locked
+            // by other instances (perhaps a stalled one, for up to its lock
+            // TTL). Back off either way rather than spin on those rows.
             Ok(_) => Some(backoff.idle()),
             Err(e) => {
                 shared.deps.metrics.poll_errors.inc();
