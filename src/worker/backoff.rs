@@ -42,7 +42,12 @@ pub struct PollBackoff {
 
 impl PollBackoff {
     pub fn new(max: Duration) -> Self {
-        let min = max.min(Duration::from_millis(20));
+        Self::starting_at(Duration::from_millis(20), max)
+    }
+
+    /// A back-off whose first step is `min` (capped at `max`).
+    pub fn starting_at(min: Duration, max: Duration) -> Self {
+        let min = min.min(max);
         Self {
             min,
             max,

@@ -67,6 +67,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let cfg = &shared.cfg;
     let min_room = (cfg.batch_size.min(cfg.concurrency) / 2).max(1);
     let mut backoff = PollBackoff::new(cfg.poll_interval);
+    // Rounds where everything due was locked by other instances: usually a
+    // passing collision (retry almost at once), sometimes a stalled
+    // instance holding keys for a whole TTL (do not spin on it).
+    let mut contended = PollBackoff::starting_at(Duration::from_millis(2), cfg.poll_interval);
     let mut spreader = Spreader::new(cfg.lock_scope);
     let mut poll_us = 0.0_f64;
     loop {
@@ -103,6 +107,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         };
         if let Ok(round) = &result {
             if round.claimed > 0 {
+                contended.reset();
                 let took = started.elapsed().as_micros() as f64;
                 poll_us = if poll_us == 0.0 {
                     took
@@ -127,9 +132,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             // An empty slice: look at everything before going idle.
             Ok(round) if round.candidates == 0 && slice.is_some() && spreader.widen() => None,
             Ok(round) if round.claimed > 0 => Some(backoff.partial()),
-            // Nothing claimed: nothing is due, or everything due is locked
-            // by other instances (perhaps a stalled one, for up to its lock
-            // TTL). Back off either way rather than spin on those rows.
+            Ok(round) if round.candidates > 0 => Some(contended.idle()),
             Ok(_) => Some(backoff.idle()),
             Err(e) => {
                 shared.deps.metrics.poll_errors.inc();
