@@ -739,3 +739,75 @@ async fn a_second_signal_exits_at_once() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(worker.logs().contains("second signal"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_locked_elsewhere_are_skipped_without_spinning_then_sent() {
+    use crate::redis_procs::RedisProc;
+    use herald::lock::{LockConfig, Redlock};
+    let redis = RedisProc::start();
+    let db = TestDb::new().await;
+    enqueue(&db, 10, 10, "default").await;
+    let prefix = key_prefix();
+    // Another owner (a stalled instance, say) holds every due row's key.
+    let other = Redlock::new(LockConfig {
+        key_prefix: prefix.clone(),
+        ..LockConfig::new(vec![redis.url()])
+    })
+    .await
+    .unwrap();
+    let ids: Vec<u64> = sqlx::query_scalar("SELECT id FROM notifications")
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap();
+    let keys: Vec<String> = ids.iter().map(|id| format!("n:{id}")).collect();
+    let held = other
+        .acquire_many(&keys, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(held.granted().len(), 10);
+
+    let rcv = Receiver::ok(Duration::ZERO).await;
+    let mut worker = WorkerProc::spawn(
+        &db,
+        &prefix,
+        &env(
+            &rcv,
+            &[
+                ("HERALD_REDIS_URLS", &redis.url()),
+                ("HERALD_POLL_INTERVAL_MS", "500"),
+            ],
+        ),
+    );
+    let sets = || {
+        let info = redis.raw("INFO commandstats");
+        info.split("cmdstat_set:calls=")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_until(
+        "the worker tries the held keys",
+        Duration::from_secs(20),
+        || async { sets() > 10 },
+    )
+    .await;
+    let before = sets();
+    // An observation window, not synchronisation: how often does it retry?
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let polls = (sets() - before) / 10;
+    assert!(
+        polls <= 40,
+        "{polls} lock rounds in 2 s on keys held elsewhere: the poller spins"
+    );
+    assert_eq!(
+        db.count_status("sent").await,
+        0,
+        "held rows must not be sent"
+    );
+
+    other.release_many(held).await.unwrap();
+    wait_all_final(&db, 10, Duration::from_secs(10)).await;
+    stop(&mut worker).await;
+    assert_eq!(rcv.delivered().len(), 10);
+}
