@@ -56,6 +56,15 @@ async fn assert_finished_once(db: &TestDb) {
     assert_eq!(twice, 0, "some rows were marked final more than once");
 }
 
+/// Every one of `n` rows delivered exactly once and made final once.
+async fn assert_exactly_once(db: &TestDb, rcv: &Receiver, n: usize, why: &str) {
+    let delivered = rcv.delivered();
+    assert_eq!(delivered.len(), n, "every id delivered");
+    let dupes: Vec<_> = delivered.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(dupes.is_empty(), "{why}: {dupes:?}");
+    assert_finished_once(db).await;
+}
+
 fn env(receiver: &Receiver, extra: &[(&str, &str)]) -> Vec<(&'static str, String)> {
     let mut v: Vec<(&'static str, String)> = vec![
         ("HERALD_WEBHOOK_URL", receiver.url()),
@@ -153,11 +162,7 @@ async fn four_workers_deliver_5000_exactly_once_and_share_the_work() {
     stop_all(&mut workers).await;
 
     assert_eq!(db.count_status("sent").await, 5000);
-    let delivered = rcv.delivered();
-    assert_eq!(delivered.len(), 5000, "every id delivered");
-    let dupes: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dupes.is_empty(), "duplicates without any crash: {dupes:?}");
-    assert_finished_once(&db).await;
+    assert_exactly_once(&db, &rcv, 5000, "duplicates without any crash").await;
 
     let shares: Vec<(String, i64)> = sqlx::query_as(
         "SELECT claimed_by, COUNT(*) FROM notifications GROUP BY claimed_by ORDER BY claimed_by",
@@ -567,13 +572,7 @@ async fn sigterm_drains_within_the_grace_period_and_hands_unsent_claims_back() {
     let mut next = WorkerProc::spawn(&db, &prefix, &env(&rcv, &[("HERALD_CONCURRENCY", "64")]));
     wait_all_final(&db, 400, Duration::from_secs(60)).await;
     stop(&mut next).await;
-    let delivered = rcv.delivered();
-    assert_eq!(delivered.len(), 400);
-    assert!(
-        delivered.values().all(|n| *n == 1),
-        "graceful shutdown must not duplicate"
-    );
-    assert_finished_once(&db).await;
+    assert_exactly_once(&db, &rcv, 400, "graceful shutdown must not duplicate").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,13 +692,7 @@ async fn redis_masters_failing_and_returning_lose_nothing() {
     wait_all_final(&db, 3000, Duration::from_secs(60)).await;
     stop_all(&mut workers).await;
     assert_eq!(sent().await, 3000);
-    let delivered = rcv.delivered();
-    assert_eq!(delivered.len(), 3000);
-    assert!(
-        delivered.values().all(|n| *n == 1),
-        "no duplicates without a crash"
-    );
-    assert_finished_once(&db).await;
+    assert_exactly_once(&db, &rcv, 3000, "no duplicates without a crash").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
