@@ -78,6 +78,11 @@ impl App {
         for (channel, kind) in self.deps.transports.describe() {
             tracing::info!(channel, kind, "channel configured");
         }
+        if self.deps.transports.for_channel("webhook").is_none() {
+            tracing::warn!(
+                "HERALD_WEBHOOK_URL is not set: rows on channel \"webhook\" will be marked failed with that reason"
+            );
+        }
         if self.deps.transports.has_unsigned_webhooks() {
             tracing::warn!("HERALD_WEBHOOK_SECRET is not set: webhooks go out unsigned");
         }
