@@ -213,10 +213,16 @@ impl WorkerProc {
     /// Starts `herald worker` on `db` with the key prefix and extra settings.
     /// HTTP is off unless `HERALD_HTTP_ADDR` is given.
     pub fn spawn(db: &TestDb, prefix: &str, envs: &[(&str, String)]) -> WorkerProc {
+        Self::spawn_on(&db.url_str(), prefix, envs)
+    }
+
+    /// [`WorkerProc::spawn`] against any database URL.
+    pub fn spawn_on(database_url: &str, prefix: &str, envs: &[(&str, String)]) -> WorkerProc {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("worker.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = herald(Some(db));
+        let mut cmd = herald(None);
+        cmd.env("HERALD_DATABASE_URL", database_url);
         cmd.env("HERALD_KEY_PREFIX", prefix)
             .env("HERALD_LOG", "info")
             .env("HERALD_HTTP_ADDR", "")

@@ -6,6 +6,7 @@ mod companions;
 mod foundation;
 mod helpers;
 mod lock;
+mod mariadb_proc;
 mod receiver;
 mod redis_procs;
 mod transport;

@@ -804,3 +804,93 @@ async fn rows_locked_elsewhere_are_skipped_without_spinning_then_sent() {
     stop(&mut worker).await;
     assert_eq!(rcv.delivered().len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_crash_mid_run_loses_nothing_and_sends_nothing_twice() {
+    use crate::mariadb_proc::MariaDbProc;
+    use herald::secret::SecretUrl;
+    use herald::store::Store;
+    require_redis().await;
+    let mut mysql = MariaDbProc::start();
+    let url = mysql.url("herald");
+    let secret_url = SecretUrl::parse(&url).unwrap();
+    herald::store::migrate::migrate(&secret_url).await.unwrap();
+    let store = Store::connect(&secret_url, 2).await.unwrap();
+    {
+        let limits = Limits::default();
+        let past = Utc::now() - ChronoDuration::seconds(1);
+        let items: Vec<NewNotification> = (0..2000u64)
+            .map(|i| {
+                NewNotification::builder(i, "webhook", json!({"i": i}))
+                    .send_at(past)
+                    .build(&limits)
+                    .unwrap()
+            })
+            .collect();
+        let mut conn = store.pool().acquire().await.unwrap();
+        enqueue_batch(&mut conn, &items).await.unwrap();
+    }
+    store.close().await;
+
+    let rcv = Receiver::ok(Duration::from_millis(5)).await;
+    let prefix = key_prefix();
+    let mut workers: Vec<WorkerProc> = (0..2)
+        .map(|i| {
+            WorkerProc::spawn_on(
+                &url,
+                &prefix,
+                &short_lock_env(&rcv, &format!("w{i}"), 16, 4000),
+            )
+        })
+        .collect();
+    wait_until("sending started", Duration::from_secs(30), || async {
+        rcv.count() >= 300
+    })
+    .await;
+
+    // Crash the database under the workers, and bring it back as soon as
+    // they notice (well inside the finisher's retry window).
+    mysql.kill();
+    wait_until("the workers notice", Duration::from_secs(30), || async {
+        workers.iter().any(|w| {
+            let logs = w.logs();
+            logs.contains("poll failed") || logs.contains("finish write failed")
+        })
+    })
+    .await;
+    mysql.restart();
+
+    let store = Store::connect(&secret_url, 2).await.unwrap();
+    wait_until(
+        "all rows final after the crash",
+        Duration::from_secs(90),
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM notifications WHERE status = 'sent'")
+                .fetch_one(store.pool())
+                .await
+                .unwrap_or(0)
+                == 2000
+        },
+    )
+    .await;
+    stop_all(&mut workers).await;
+    // The outage was seen, and sending resumed after it.
+    let recovered = workers.iter().any(|w| {
+        let logs = w.logs();
+        let failed_at = logs
+            .find("poll failed")
+            .into_iter()
+            .chain(logs.find("finish write failed"))
+            .min();
+        failed_at.is_some_and(|at| logs[at..].contains("batch done"))
+    });
+    assert!(recovered, "no worker logged the outage and then sent again");
+    let delivered = rcv.delivered();
+    assert_eq!(delivered.len(), 2000, "every row delivered");
+    let dupes: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dupes.is_empty(),
+        "a short outage is bridged by the finish retries, so nothing is sent twice: {dupes:?}"
+    );
+    store.close().await;
+}
