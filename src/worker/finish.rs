@@ -25,8 +25,6 @@ const LINGER_BELOW: usize = 128;
 const LINGER: Duration = Duration::from_millis(1);
 /// Longest one finish write may take before it is retried.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts of a finish write before the rows are left to their lease.
-const WRITE_ATTEMPTS: u32 = 5;
 
 #[derive(Debug)]
 pub(crate) enum Done {
@@ -106,8 +104,13 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Done>, items: &mut Vec<Done>) {
 async fn write_group(shared: &Shared, g: Group) {
     let token = *g.batch.lock.token().as_bytes();
     let n = g.rows.len();
-    let mut counts = None;
-    for attempt in 1..=WRITE_ATTEMPTS {
+    // The rows were delivered (or decided); giving up on recording that
+    // would let their leases run out and another instance send them again.
+    // So keep trying for as long as the database is away, and stop only
+    // when the shutdown grace is over.
+    let mut attempt = 0u32;
+    let counts = loop {
+        attempt += 1;
         // A database that hangs (rather than fails) must not hold the rows
         // and their send slots forever: bound each attempt.
         let write = claim::finish(shared.deps.store.pool(), &token, &g.rows);
@@ -117,22 +120,31 @@ async fn write_group(shared: &Shared, g: Group) {
         };
         match result {
             Ok(c) => {
-                counts = Some(c);
-                break;
+                if attempt > 1 {
+                    tracing::info!(rows = n, attempt, "finish write succeeded after retrying");
+                }
+                break c;
             }
             Err(e) => {
-                tracing::warn!(error = %e, rows = n, attempt, "finish write failed");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                if attempt == 1 || attempt % 10 == 0 {
+                    tracing::warn!(error = %e, rows = n, attempt, "finish write failed; retrying");
+                }
+                if shared.abort.is_cancelled() {
+                    tracing::error!(
+                        rows = n,
+                        "finish write impossible before exit; the rows stay claimed until their lease \
+                         expires, then another instance sends them again (same webhook-id)"
+                    );
+                    break FinishCounts::default();
+                }
+                let pause = Duration::from_millis((100u64 << attempt.min(4)).min(1_000));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shared.abort.cancelled() => {}
+                }
             }
         }
-    }
-    let counts = counts.unwrap_or_else(|| {
-        tracing::error!(
-            rows = n,
-            "finish write failed repeatedly; the rows stay claimed until their lease expires, then are sent again"
-        );
-        FinishCounts::default()
-    });
+    };
     record(shared, &g, counts);
 
     if !g.keys.is_empty() {
