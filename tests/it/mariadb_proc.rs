@@ -99,6 +99,26 @@ impl MariaDbProc {
         }
     }
 
+    /// SIGSTOP: the server keeps its sockets open but answers nothing.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{sig} mariadbd failed");
+        }
+    }
+
     /// Starts again on the same port and data directory (crash recovery).
     pub fn restart(&mut self) {
         self.kill();
@@ -108,6 +128,9 @@ impl MariaDbProc {
 
 impl Drop for MariaDbProc {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.resume();
+        }
         self.kill();
     }
 }

@@ -907,3 +907,74 @@ async fn a_database_crash_mid_run_loses_nothing_and_sends_nothing_twice() {
     );
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_times_out_instead_of_blocking_and_nothing_is_lost() {
+    use crate::mariadb_proc::MariaDbProc;
+    use herald::secret::SecretUrl;
+    use herald::store::Store;
+    require_redis().await;
+    let mysql = MariaDbProc::start();
+    let url = mysql.url("herald");
+    let secret_url = SecretUrl::parse(&url).unwrap();
+    herald::store::migrate::migrate(&secret_url).await.unwrap();
+    let store = Store::connect(&secret_url, 2).await.unwrap();
+    {
+        let limits = Limits::default();
+        let past = Utc::now() - ChronoDuration::seconds(1);
+        let items: Vec<NewNotification> = (0..400u64)
+            .map(|i| {
+                NewNotification::builder(i, "webhook", json!({"i": i}))
+                    .send_at(past)
+                    .build(&limits)
+                    .unwrap()
+            })
+            .collect();
+        let mut conn = store.pool().acquire().await.unwrap();
+        enqueue_batch(&mut conn, &items).await.unwrap();
+    }
+    store.close().await;
+    let rcv = Receiver::ok(Duration::from_millis(50)).await;
+    let prefix = key_prefix();
+    let mut worker = WorkerProc::spawn_on(&url, &prefix, &short_lock_env(&rcv, "w", 16, 4000));
+    wait_until("sending started", Duration::from_secs(30), || async {
+        rcv.count() >= 50
+    })
+    .await;
+
+    // The database stops answering without closing anything.
+    mysql.pause();
+    // The pool's 10 s acquire timeout or our own bound on the round or write,
+    // whichever comes first: a failure is logged, nothing blocks for good.
+    let gave_up =
+        |logs: String| logs.contains("no answer within") || logs.contains("finish write failed");
+    let started = std::time::Instant::now();
+    while !gave_up(worker.logs()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no bounded round or write gave up:\n{}",
+            worker.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mysql.resume();
+
+    let store = Store::connect(&secret_url, 2).await.unwrap();
+    wait_until(
+        "all rows final after the hang",
+        Duration::from_secs(90),
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM notifications WHERE status = 'sent'")
+                .fetch_one(store.pool())
+                .await
+                .unwrap_or(0)
+                == 400
+        },
+    )
+    .await;
+    stop(&mut worker).await;
+    // A hang longer than the lease may legitimately repeat in-flight rows
+    // (same webhook-id); nothing may be missing.
+    assert_eq!(rcv.delivered().len(), 400, "every row delivered");
+    store.close().await;
+}
