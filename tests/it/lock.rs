@@ -766,10 +766,7 @@ async fn acl_user_and_password_work_and_are_never_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_redis_with_a_unique_prefix() {
     // The shared server is only ever touched under this test's own prefix.
-    if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
-        eprintln!("no shared redis on 6379; skipped");
-        return;
-    }
+    crate::helpers::require_redis().await;
     let p = prefix();
     let rl = redlock(vec!["redis://127.0.0.1:6379".into()], &p).await;
     let mut lock = rl.acquire("shared", ttl()).await.unwrap();
@@ -777,35 +774,6 @@ async fn shared_redis_with_a_unique_prefix() {
     rl.release(lock).await.unwrap();
     rl.probe(Duration::from_millis(500)).await.unwrap();
     assert!(keys_on("redis://127.0.0.1:6379", &p).await.is_empty());
-}
-
-/// The lock benchmark (`herald bench locks --json` calls the same function).
-/// Run in release: `cargo test --release --test it lock::bench_locks -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark; run explicitly in release"]
-async fn bench_locks() {
-    let urls: Vec<String> = std::env::var("HERALD_REDIS_URLS")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.split(',').map(|u| u.trim().to_owned()).collect())
-        .unwrap_or_default();
-    let mut opts = herald::lock::bench::LockBenchOpts::default();
-    if let Some(n) = std::env::var("HERALD_BENCH_POOL_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        opts.pool_size = n;
-    }
-    if let Some(ms) = std::env::var("HERALD_BENCH_PHASE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        opts.phase = Duration::from_millis(ms);
-    }
-    let report = herald::lock::bench::run_lock_bench(urls, opts)
-        .await
-        .unwrap();
-    println!("{}", serde_json::to_string(&report).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

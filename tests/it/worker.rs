@@ -17,6 +17,10 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Enqueues `n` due webhook notifications for `users` users; row `i` is for
 /// user `i % users` and due `n - i` ms in the past (so id order is due order).
 async fn enqueue(db: &TestDb, n: u64, users: u64, region: &str) {
+    enqueue_into(&db.store, n, users, region).await;
+}
+
+async fn enqueue_into(store: &herald::store::Store, n: u64, users: u64, region: &str) {
     let limits = Limits::default();
     let now = Utc::now();
     let items: Vec<NewNotification> = (0..n)
@@ -30,8 +34,34 @@ async fn enqueue(db: &TestDb, n: u64, users: u64, region: &str) {
                 .unwrap()
         })
         .collect();
-    let mut conn = db.store.pool().acquire().await.unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
     enqueue_batch(&mut conn, &items).await.unwrap();
+}
+
+/// A private MariaDB (which the test may crash or pause), migrated, with
+/// `n` due webhook rows; returns it with its URL and a pool on it.
+async fn private_database_with(
+    n: u64,
+) -> (
+    crate::mariadb_proc::MariaDbProc,
+    String,
+    herald::store::Store,
+) {
+    let mysql = crate::mariadb_proc::MariaDbProc::start();
+    let url = mysql.url("herald");
+    let secret_url = herald::secret::SecretUrl::parse(&url).unwrap();
+    herald::store::migrate::migrate(&secret_url).await.unwrap();
+    let store = herald::store::Store::connect(&secret_url, 2).await.unwrap();
+    enqueue_into(&store, n, n, "default").await;
+    (mysql, url, store)
+}
+
+/// Rows `sent`, read through a pool that survives the server's restarts.
+async fn sent_on(store: &herald::store::Store) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE status = 'sent'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or(0)
 }
 
 /// Records every transition into a final status, so a test can prove that
@@ -807,30 +837,8 @@ async fn rows_locked_elsewhere_are_skipped_without_spinning_then_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_crash_mid_run_loses_nothing_and_sends_nothing_twice() {
-    use crate::mariadb_proc::MariaDbProc;
-    use herald::secret::SecretUrl;
-    use herald::store::Store;
     require_redis().await;
-    let mut mysql = MariaDbProc::start();
-    let url = mysql.url("herald");
-    let secret_url = SecretUrl::parse(&url).unwrap();
-    herald::store::migrate::migrate(&secret_url).await.unwrap();
-    let store = Store::connect(&secret_url, 2).await.unwrap();
-    {
-        let limits = Limits::default();
-        let past = Utc::now() - ChronoDuration::seconds(1);
-        let items: Vec<NewNotification> = (0..600u64)
-            .map(|i| {
-                NewNotification::builder(i, "webhook", json!({"i": i}))
-                    .send_at(past)
-                    .build(&limits)
-                    .unwrap()
-            })
-            .collect();
-        let mut conn = store.pool().acquire().await.unwrap();
-        enqueue_batch(&mut conn, &items).await.unwrap();
-    }
-    store.close().await;
+    let (mut mysql, url, store) = private_database_with(600).await;
 
     // Slow enough that sends are always in flight when the database dies,
     // so some finish writes must wait for it to come back.
@@ -868,17 +876,10 @@ async fn a_database_crash_mid_run_loses_nothing_and_sends_nothing_twice() {
     .await;
     mysql.restart();
 
-    let store = Store::connect(&secret_url, 2).await.unwrap();
     wait_until(
         "all rows final after the crash",
         Duration::from_secs(90),
-        || async {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM notifications WHERE status = 'sent'")
-                .fetch_one(store.pool())
-                .await
-                .unwrap_or(0)
-                == 600
-        },
+        || async { sent_on(&store).await == 600 },
     )
     .await;
     stop_all(&mut workers).await;
@@ -910,30 +911,8 @@ async fn a_database_crash_mid_run_loses_nothing_and_sends_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_database_times_out_instead_of_blocking_and_nothing_is_lost() {
-    use crate::mariadb_proc::MariaDbProc;
-    use herald::secret::SecretUrl;
-    use herald::store::Store;
     require_redis().await;
-    let mysql = MariaDbProc::start();
-    let url = mysql.url("herald");
-    let secret_url = SecretUrl::parse(&url).unwrap();
-    herald::store::migrate::migrate(&secret_url).await.unwrap();
-    let store = Store::connect(&secret_url, 2).await.unwrap();
-    {
-        let limits = Limits::default();
-        let past = Utc::now() - ChronoDuration::seconds(1);
-        let items: Vec<NewNotification> = (0..400u64)
-            .map(|i| {
-                NewNotification::builder(i, "webhook", json!({"i": i}))
-                    .send_at(past)
-                    .build(&limits)
-                    .unwrap()
-            })
-            .collect();
-        let mut conn = store.pool().acquire().await.unwrap();
-        enqueue_batch(&mut conn, &items).await.unwrap();
-    }
-    store.close().await;
+    let (mysql, url, store) = private_database_with(400).await;
     let rcv = Receiver::ok(Duration::from_millis(50)).await;
     let prefix = key_prefix();
     let mut worker = WorkerProc::spawn_on(&url, &prefix, &short_lock_env(&rcv, "w", 16, 4000));
@@ -959,17 +938,10 @@ async fn a_hung_database_times_out_instead_of_blocking_and_nothing_is_lost() {
     }
     mysql.resume();
 
-    let store = Store::connect(&secret_url, 2).await.unwrap();
     wait_until(
         "all rows final after the hang",
         Duration::from_secs(90),
-        || async {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM notifications WHERE status = 'sent'")
-                .fetch_one(store.pool())
-                .await
-                .unwrap_or(0)
-                == 400
-        },
+        || async { sent_on(&store).await == 400 },
     )
     .await;
     stop(&mut worker).await;
