@@ -1,12 +1,11 @@
 //! The poll loop: candidates → batched lock → fenced claim → spawn senders.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
 use rand::seq::SliceRandom;
 
 use super::backoff::PollBackoff;
@@ -165,14 +164,23 @@ async fn poll_once(
     if candidates.is_empty() {
         return Ok(Round::default());
     }
-    let picked = pick(&candidates, want, cfg.lock_scope);
-    let key_of = |c: &Candidate| match cfg.lock_scope {
-        LockScope::Item => format!("n:{}", c.id),
-        LockScope::User => format!("u:{}", c.user_id),
-    };
-    let mut keys: Vec<String> = picked.iter().map(key_of).collect();
-    let mut seen = std::collections::HashSet::new();
-    keys.retain(|k| seen.insert(k.clone()));
+    // Each picked row with its lock key, computed once.
+    let picked: Vec<(Candidate, String)> = pick(&candidates, want, cfg.lock_scope)
+        .into_iter()
+        .map(|c| {
+            let key = match cfg.lock_scope {
+                LockScope::Item => format!("n:{}", c.id),
+                LockScope::User => format!("u:{}", c.user_id),
+            };
+            (c, key)
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let keys: Vec<String> = picked
+        .iter()
+        .filter(|(_, k)| seen.insert(k.as_str()))
+        .map(|(_, k)| k.clone())
+        .collect();
 
     let t = Instant::now();
     let lock = shared
@@ -209,12 +217,12 @@ async fn poll_once(
             cfg.send_timeout
         );
     }
-    let due_of: HashMap<u64, DateTime<Utc>> = picked.iter().map(|c| (c.id, c.due_at)).collect();
-    let ids: Vec<u64> = picked
+    let granted: HashMap<u64, &(Candidate, String)> = picked
         .iter()
-        .filter(|c| lock.is_granted(&key_of(c)))
-        .map(|c| c.id)
+        .filter(|(_, k)| lock.is_granted(k))
+        .map(|p| (p.0.id, p))
         .collect();
+    let ids: Vec<u64> = granted.keys().copied().collect();
     let token = *lock.token().as_bytes();
     let claimed = match claim::claim(
         store.pool(),
@@ -249,33 +257,27 @@ async fn poll_once(
     // Keys granted but not claimed (another instance finished or claimed the
     // row between our read and our claim) are released at once.
     let mut jobs: Vec<Job> = Vec::with_capacity(rows.len());
-    let mut used_keys: Vec<&str> = Vec::with_capacity(rows.len());
-    let user_of: HashMap<u64, u64> = picked.iter().map(|c| (c.id, c.user_id)).collect();
     for row in rows {
         let id = match &row {
             Ok(r) => r.id,
             Err((id, _)) => *id,
         };
-        let user_id = user_of.get(&id).copied().unwrap_or_default();
-        let key = match cfg.lock_scope {
-            LockScope::Item => format!("n:{id}"),
-            LockScope::User => format!("u:{user_id}"),
+        let Some((candidate, key)) = granted.get(&id).copied() else {
+            continue; // not asked for: cannot happen, the read is by these ids
         };
         jobs.push(Job {
             id,
-            user_id,
-            due_at: due_of.get(&id).copied(),
+            user_id: candidate.user_id,
+            due_at: candidate.due_at,
             row,
-            key,
+            key: key.clone(),
         });
     }
-    for job in &jobs {
-        used_keys.push(&job.key);
-    }
+    let used: HashSet<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
     let unused: Vec<String> = lock
         .granted()
         .iter()
-        .filter(|k| !used_keys.contains(&k.as_str()))
+        .filter(|k| !used.contains(k.as_str()))
         .cloned()
         .collect();
     if !unused.is_empty() {
@@ -313,12 +315,9 @@ async fn poll_once(
             }
         }
         LockScope::User => {
-            let mut groups: Vec<(u64, Vec<Job>)> = Vec::new();
+            let mut groups: HashMap<u64, Vec<Job>> = HashMap::new();
             for job in jobs {
-                match groups.iter_mut().find(|(u, _)| *u == job.user_id) {
-                    Some((_, g)) => g.push(job),
-                    None => groups.push((job.user_id, vec![job])),
-                }
+                groups.entry(job.user_id).or_default().push(job);
             }
             for (_, mut group) in groups {
                 group.sort_by_key(|j| (j.due_at, j.id));
@@ -389,6 +388,7 @@ fn pick(window: &[Candidate], want: usize, scope: LockScope) -> Vec<Candidate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
 
     fn cand(id: u64, user_id: u64) -> Candidate {
         Candidate {

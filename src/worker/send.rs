@@ -19,7 +19,7 @@ pub(crate) struct Job {
     pub id: u64,
     pub user_id: u64,
     /// Due time before the claim moved it, for the lag metric.
-    pub due_at: Option<DateTime<Utc>>,
+    pub due_at: DateTime<Utc>,
     pub row: ClaimedRead,
     /// The lock key this row was claimed under.
     pub key: String,
@@ -159,11 +159,13 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
 
     match outcome {
         SendOutcome::Sent => {
-            let lag = job
-                .due_at
-                .map(|due| (Utc::now() - due).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+            let lag = (Utc::now() - job.due_at)
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0) as f64
+                / 1e6;
             tracing::debug!(id = row.id, attempt = row.attempts, "sent");
-            (Finish::Sent, lag)
+            (Finish::Sent, Some(lag))
         }
         SendOutcome::Transient {
             reason,
