@@ -620,13 +620,19 @@ async fn a_worker_serves_only_its_region() {
             == 100
     })
     .await;
-    // Give the worker a few more polls to (wrongly) pick up anything else.
-    wait_until("a few idle polls", Duration::from_secs(10), || async {
-        worker.logs().matches("batch done").count() >= 1
-    })
+    // A second wave, enqueued once the first is done, proves the worker
+    // kept polling while the us rows were due all along.
+    enqueue(&db, 10, 10, "eu").await;
+    wait_until(
+        "the second eu wave sent",
+        Duration::from_secs(30),
+        || async {
+            db.scalar("SELECT COUNT(*) FROM notifications WHERE region = 'eu' AND status = 'sent'")
+                .await
+                == 110
+        },
+    )
     .await;
-    // Not synchronisation: a window in which a wrong poll would show.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     stop(&mut worker).await;
     assert_eq!(
         db.scalar(
@@ -637,7 +643,7 @@ async fn a_worker_serves_only_its_region() {
         100,
         "us rows untouched"
     );
-    assert_eq!(rcv.count(), 100);
+    assert_eq!(rcv.count(), 110);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
