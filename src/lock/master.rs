@@ -20,7 +20,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
 use tracing::warn;
 
-use super::breaker::{Breaker, Transition};
+use super::breaker::{Breaker, Ticket, Transition};
+use super::coalesce::{Coalescer, Op};
 use super::config::LockConfig;
 use super::error::FailureKind;
 use super::metrics::{inc, MasterMetrics};
@@ -40,8 +41,8 @@ impl std::fmt::Debug for Manager {
 /// A pooled multiplexed connection plus a flag shared by all its clones.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    inner: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
+    pub(crate) inner: MultiplexedConnection,
+    pub(crate) broken: Arc<AtomicBool>,
 }
 
 impl bb8::ManageConnection for Manager {
@@ -72,8 +73,31 @@ pub(crate) struct Master {
     /// Redacted URL, safe for logs and errors.
     pub(crate) name: String,
     pool: bb8::Pool<Manager>,
+    coalescer: Coalescer,
     pub(crate) breaker: Breaker,
     pub(crate) metrics: Arc<MasterMetrics>,
+}
+
+/// A connection from `pool`; one found broken is handed back so the pool
+/// drops it and dials anew.
+pub(crate) async fn checkout(pool: &bb8::Pool<Manager>) -> Result<Conn, RedisError> {
+    let mut attempts = 0;
+    loop {
+        let pooled = pool.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => e,
+            bb8::RunError::TimedOut => RedisError::from((
+                redis::ErrorKind::Io,
+                "timed out waiting for a pooled connection",
+            )),
+        })?;
+        attempts += 1;
+        if pooled.broken.load(Relaxed) && attempts < 4 {
+            // Returning it lets the pool see it is broken, drop it and dial anew.
+            drop(pooled);
+            continue;
+        }
+        return Ok(pooled.clone());
+    }
 }
 
 impl std::fmt::Debug for Master {
@@ -132,29 +156,10 @@ impl Master {
                 ..MasterMetrics::default()
             }),
             name,
+            coalescer: Coalescer::new(pool.clone()),
             pool,
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
         })
-    }
-
-    async fn checkout(&self) -> Result<Conn, RedisError> {
-        let mut attempts = 0;
-        loop {
-            let pooled = self.pool.get().await.map_err(|e| match e {
-                bb8::RunError::User(e) => e,
-                bb8::RunError::TimedOut => RedisError::from((
-                    redis::ErrorKind::Io,
-                    "timed out waiting for a pooled connection",
-                )),
-            })?;
-            attempts += 1;
-            if pooled.broken.load(Relaxed) && attempts < 4 {
-                // Returning it lets the pool see it is broken, drop it and dial anew.
-                drop(pooled);
-                continue;
-            }
-            return Ok(pooled.clone());
-        }
     }
 
     /// Runs one request against this master within `budget`, checkout
@@ -169,7 +174,7 @@ impl Master {
             return Err(FailureKind::BreakerOpen);
         };
         let work = async {
-            let conn = self.checkout().await?;
+            let conn = checkout(&self.pool).await?;
             let broken = conn.broken.clone();
             f(conn.inner).await.inspect_err(|e| {
                 if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
@@ -177,7 +182,37 @@ impl Master {
                 }
             })
         };
-        let (kind, transition) = match tokio::time::timeout(budget, work).await {
+        self.account(ticket, tokio::time::timeout(budget, work).await)
+    }
+
+    /// One single-key request, coalesced with other callers' (see
+    /// [`super::coalesce`]); same budget, breaker and counters as [`Master::run`].
+    pub(crate) async fn run_op(&self, budget: Duration, op: Op) -> Result<bool, FailureKind> {
+        let Some(ticket) = self.breaker.allow() else {
+            inc(&self.metrics.breaker_rejections);
+            return Err(FailureKind::BreakerOpen);
+        };
+        let deadline = tokio::time::Instant::now() + budget;
+        let answer = self.coalescer.submit(op, deadline);
+        let outcome = tokio::time::timeout_at(deadline, async {
+            answer.await.unwrap_or_else(|_| {
+                Err(RedisError::from((
+                    redis::ErrorKind::Io,
+                    "lock request dropped: its runtime shut down",
+                )))
+            })
+        })
+        .await;
+        self.account(ticket, outcome)
+    }
+
+    /// Feeds one request's outcome to the breaker and the counters.
+    fn account<T>(
+        &self,
+        ticket: Ticket<'_>,
+        outcome: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, FailureKind> {
+        let (kind, transition) = match outcome {
             Ok(Ok(v)) => {
                 ticket.success();
                 return Ok(v);
@@ -200,7 +235,7 @@ impl Master {
 
     /// Dials (or reuses) a connection and PINGs it, bypassing the breaker.
     pub(crate) async fn ping(&self) -> Result<(), RedisError> {
-        let mut conn = self.checkout().await?;
+        let mut conn = checkout(&self.pool).await?;
         redis::cmd("PING").query_async::<()>(&mut conn.inner).await
     }
 }

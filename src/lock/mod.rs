@@ -76,6 +76,7 @@
 mod batch;
 pub mod bench;
 mod breaker;
+mod coalesce;
 pub mod config;
 pub mod error;
 mod master;

@@ -17,7 +17,9 @@ use redis::aio::MultiplexedConnection;
 use redis::RedisResult;
 use tokio::sync::Notify;
 
+use super::coalesce::Op;
 use super::error::{FailureKind, MasterFailure};
+use super::master::Master;
 use super::Inner;
 
 pub(crate) type MasterFut<R> =
@@ -107,20 +109,52 @@ where
     F: Fn(MultiplexedConnection) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = RedisResult<R>> + Send + 'static,
 {
+    per_master(inner, track, after, move |m| {
+        let make = make.clone();
+        async move { m.run(budget, make).await }
+    })
+}
+
+/// [`fan_out_tracked`] for a single-key request, which each master
+/// coalesces with other callers' (see [`super::coalesce`]).
+pub(crate) fn fan_out_op(
+    inner: &Arc<Inner>,
+    budget: Duration,
+    track: Option<&Arc<InFlight>>,
+    after: Option<&Arc<InFlight>>,
+    op: Op,
+) -> Round<bool> {
+    per_master(inner, track, after, move |m| {
+        let op = op.clone();
+        async move { m.run_op(budget, op).await }
+    })
+}
+
+/// Starts `request` on every master, with the `track`/`after` bookkeeping.
+fn per_master<R, F, Fut>(
+    inner: &Arc<Inner>,
+    track: Option<&Arc<InFlight>>,
+    after: Option<&Arc<InFlight>>,
+    request: F,
+) -> Round<R>
+where
+    R: Send + 'static,
+    F: Fn(Arc<Master>) -> Fut,
+    Fut: Future<Output = Result<R, FailureKind>> + Send + 'static,
+{
     inner
         .masters
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let m = m.clone();
-            let make = make.clone();
+            let work = request(m.clone());
             let settle = Settle(track.map(|t| (t.clone(), i)));
             let after = after.cloned();
             Box::pin(async move {
                 if let Some(a) = after {
                     a.settled(i).await;
                 }
-                let r = m.run(budget, make).await;
+                let r = work.await;
                 drop(settle);
                 (i, r)
             }) as MasterFut<R>

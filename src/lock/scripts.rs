@@ -22,6 +22,23 @@ return n",
     )
 });
 
+/// Deletes each key whose value is *its own* token (`ARGV[i]` for
+/// `KEYS[i]`): the releases of different owners coalesced into one call.
+/// Returns one 1/0 per key.
+pub(crate) static RELEASE_EACH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[i] then
+    out[i] = redis.call('DEL', k)
+  else
+    out[i] = 0
+  end
+end
+return out",
+    )
+});
+
 /// Re-arms the TTL of each key whose value is our token. Returns one 1/0 per key.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(

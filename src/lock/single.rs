@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, debug_span, warn, Instrument};
 
+use super::coalesce::Op;
 use super::error::{FailureKind, LockError};
 use super::metrics::inc;
 use super::round::{
-    fan_out, fan_out_tracked, finish_in_background, tally, InFlight, Round, Stop, Tally,
+    fan_out, fan_out_op, fan_out_tracked, finish_in_background, tally, InFlight, Round, Stop, Tally,
 };
 use super::scripts::{eval_chunked, EXTEND, RELEASE};
 use super::token::Token;
@@ -124,6 +125,13 @@ pub(crate) fn release_round(
     budget: Duration,
     after: Option<&Arc<InFlight>>,
 ) -> Round<bool> {
+    if let [key] = keys.as_slice() {
+        let op = Op::Release {
+            key: Arc::from(key.as_str()),
+            token,
+        };
+        return fan_out_op(inner, budget, None, after, op);
+    }
     let keys = Arc::new(keys);
     fan_out_tracked(inner, budget, None, after, move |mut c| {
         let keys = keys.clone();
@@ -229,23 +237,12 @@ impl Redlock {
                 Some(inflight.clone()),
             );
             let start = Instant::now();
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&full_key)
-                .arg(&token.as_bytes()[..])
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms(ttl));
-            let cmd = Arc::new(cmd);
-            let round = fan_out_tracked(
-                inner,
-                inner.budget(ttl),
-                Some(&inflight),
-                None,
-                move |mut c| {
-                    let cmd = cmd.clone();
-                    async move { Ok(cmd.query_async::<Option<String>>(&mut c).await?.is_some()) }
-                },
-            );
+            let op = Op::Set {
+                key: Arc::from(full_key.as_str()),
+                token,
+                ttl_ms: ttl_ms(ttl),
+            };
+            let round = fan_out_op(inner, inner.budget(ttl), Some(&inflight), None, op);
             let t = tally(inner, round, Stop::Decided, |b| *b).await;
             if t.yes >= inner.quorum {
                 let valid_until = start + (ttl - drift);

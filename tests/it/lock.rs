@@ -943,3 +943,55 @@ async fn black_hole_master_costs_at_most_the_master_timeout() {
         .unwrap();
     drop(keep); // the accept thread ends with the test process
 }
+
+/// `INFO commandstats` call count of one command (0 if never called).
+fn calls_of(r: &RedisProc, command: &str) -> u64 {
+    let stats = r.raw("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Concurrent single-key acquires and releases share round trips: while one
+/// batch is held up at the master, the others queue and go out together, and
+/// the releases of different owners share one Lua call. Each caller still
+/// gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_key_requests_are_coalesced() {
+    let r = RedisProc::start();
+    let p = prefix();
+    let rl = Redlock::new(LockConfig {
+        master_timeout: Duration::from_secs(3),
+        ..config(vec![r.url()], &p)
+    })
+    .await
+    .unwrap();
+    rl.warm_up(Duration::from_secs(5)).await;
+    let ttl = Duration::from_secs(60);
+    // Someone else holds k0: its acquire must fail while the other 63 succeed.
+    let other = redlock(vec![r.url()], &p).await;
+    let held = other.acquire("k0", ttl).await.unwrap();
+    assert!(r.raw("CONFIG RESETSTAT").starts_with("+OK"));
+
+    assert!(r.raw("CLIENT PAUSE 300 WRITE").starts_with("+OK"));
+    let keys: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
+    let results = futures::future::join_all(keys.iter().map(|k| rl.acquire(k, ttl))).await;
+    assert!(matches!(results[0], Err(LockError::Contended)));
+    let locks: Vec<_> = results.into_iter().skip(1).map(Result::unwrap).collect();
+    assert_eq!(calls_of(&r, "set"), 64, "one SET per key");
+
+    assert!(r.raw("CLIENT PAUSE 300 WRITE").starts_with("+OK"));
+    let released = futures::future::join_all(locks.into_iter().map(|l| rl.release(l))).await;
+    assert!(released.iter().all(Result::is_ok), "{released:?}");
+    let evals = calls_of(&r, "evalsha");
+    assert!(
+        (1..=4).contains(&evals),
+        "63 releases took {evals} Lua calls; expected them coalesced into a few"
+    );
+    assert_eq!(keys_on(&r.url(), &p).await, vec![format!("{p}k0")]);
+    other.release(held).await.unwrap();
+    no_keys_left(&[r.url()], &p).await;
+}
