@@ -73,6 +73,7 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
     let mut lines = super::delivered::LineCounter::open(&output)?;
     let (wall, _) = wait_finished(
         &db.store,
+        region,
         &mut fleet,
         &label,
         total,

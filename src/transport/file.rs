@@ -44,7 +44,8 @@ struct Line<'a> {
 
 impl FileTransport {
     /// Opens (creating if needed) `path` for appending. `latency` is slept
-    /// before each write to simulate a slow receiver.
+    /// (precisely, see [`super::precise_sleep`]) before each write to
+    /// simulate a slow receiver.
     pub fn open(path: &Path, latency: Duration) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
@@ -99,7 +100,7 @@ impl Transport for FileTransport {
     fn send<'a>(&'a self, d: &'a Delivery<'a>) -> BoxFuture<'a, SendOutcome> {
         Box::pin(async move {
             if !self.latency.is_zero() {
-                tokio::time::sleep(self.latency).await;
+                super::precise_sleep::sleep(self.latency).await;
             }
             match self.append(d) {
                 Ok(()) => SendOutcome::Sent,

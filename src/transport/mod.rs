@@ -54,6 +54,7 @@
 mod channels;
 mod file;
 mod log;
+pub mod precise_sleep;
 mod signature;
 mod webhook;
 

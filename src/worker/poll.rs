@@ -107,12 +107,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         if let Ok(round) = &result {
             if round.claimed > 0 {
                 contended.reset();
+                // A slowly decaying maximum rather than an average: the rows
+                // claimed ahead must cover the slow rounds (a busy database,
+                // a descheduled process), not the typical one, or the send
+                // slots run dry exactly then.
                 let took = started.elapsed().as_micros() as f64;
-                poll_us = if poll_us == 0.0 {
-                    took
-                } else {
-                    poll_us * 0.8 + took * 0.2
-                };
+                poll_us = took.max(poll_us * 0.95);
             }
             spreader.observe(round.keys, round.contended);
         }
