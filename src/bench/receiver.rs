@@ -1,4 +1,5 @@
-//! The webhook scenario's receiver: waits L ms, records the id, answers 200.
+//! The webhook scenario's receiver: waits L ms (precisely, like the file
+//! transport: see `transport::precise_sleep`), records the id, answers 200.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,7 +78,7 @@ async fn handle(State(inner): State<Arc<Inner>>, body: Bytes) -> StatusCode {
         return StatusCode::BAD_REQUEST;
     };
     if !inner.latency.is_zero() {
-        tokio::time::sleep(inner.latency).await;
+        crate::transport::precise_sleep::sleep(inner.latency).await;
     }
     if let Ok(mut ids) = inner.ids.lock() {
         ids.push(body.id);
