@@ -423,6 +423,8 @@ pub enum BenchScenario {
     Lag,
     /// S1 while cleanup deletes a backlog of old sent rows, next to a plain S1 run.
     Cleanup,
+    /// The database alone: the protocol's statements for M rows on --w connections (1,2), no workers, no Redis.
+    Ceiling,
 }
 
 impl BenchScenario {
@@ -434,6 +436,7 @@ impl BenchScenario {
             BenchScenario::Webhook => "webhook",
             BenchScenario::Lag => "lag",
             BenchScenario::Cleanup => "cleanup",
+            BenchScenario::Ceiling => "ceiling",
         }
     }
 }

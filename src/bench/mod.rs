@@ -15,8 +15,11 @@
 //! * [`receiver`] — the in-process webhook receiver.
 //! * [`lag`] — steady enqueue, delivery lag percentiles.
 //! * [`cleanup`] — S1 next to S1 with a cleanup backlog.
+//! * [`ceiling`] — the protocol's statements alone, no workers: the
+//!   database's bound on S1.
 //! * [`report`] — the JSON line.
 
+pub mod ceiling;
 pub mod cleanup;
 pub mod delivered;
 pub mod drain;
@@ -52,32 +55,32 @@ pub struct Params {
 impl Params {
     /// Scenario defaults, then the overrides.
     pub fn resolve(args: &BenchArgs) -> Result<Params, ConfigError> {
-        let scenario = match (args.what, args.scenario) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(ConfigError::new(
+        let scenario =
+            match (args.what, args.scenario) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(ConfigError::new(
+                        "herald bench",
+                        "--scenario",
+                        format!(
+                            "{} contradicts the positional argument {}",
+                            b.name(),
+                            a.name()
+                        ),
+                    ))
+                }
+                (Some(a), _) | (None, Some(a)) => a,
+                (None, None) => return Err(ConfigError::new(
                     "herald bench",
                     "--scenario",
-                    format!(
-                        "{} contradicts the positional argument {}",
-                        b.name(),
-                        a.name()
-                    ),
-                ))
-            }
-            (Some(a), _) | (None, Some(a)) => a,
-            (None, None) => {
-                return Err(ConfigError::new(
-                    "herald bench",
-                    "--scenario",
-                    "say what to measure: herald bench <locks|s1|s2|webhook|lag|cleanup>",
-                ))
-            }
-        };
+                    "say what to measure: herald bench <locks|s1|s2|webhook|lag|cleanup|ceiling>",
+                )),
+            };
         // (M, W, C, L) of each scenario.
         let (m, ws, c, l_ms, seconds) = match scenario {
             BenchScenario::S2 => (20_000, vec![1, 2, 4], 50, 20, 0),
             BenchScenario::Lag => (0, vec![2], 64, 0, 30),
             BenchScenario::Cleanup => (50_000, vec![2], 64, 0, 5),
+            BenchScenario::Ceiling => (50_000, vec![1, 2], 1, 0, 0),
             BenchScenario::Locks => (0, vec![1], 64, 0, 3),
             BenchScenario::S1 | BenchScenario::Webhook => (50_000, vec![2], 64, 0, 0),
         };
@@ -164,6 +167,15 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode
             let mut clean = true;
             for &w in &params.ws {
                 let r = lag::run(&settings, &params, w).await?;
+                clean &= r.is_clean();
+                report::emit(&r)?;
+            }
+            clean
+        }
+        BenchScenario::Ceiling => {
+            let mut clean = true;
+            for &streams in &params.ws {
+                let r = ceiling::run(&settings, &params, streams).await?;
                 clean &= r.is_clean();
                 report::emit(&r)?;
             }

@@ -12,7 +12,11 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlRow;
-use sqlx::{MySqlPool, QueryBuilder, Row};
+use std::fmt::Write;
+
+use sqlx::{MySqlPool, Row};
+
+use super::literal;
 
 use crate::notification::ClaimedRow;
 
@@ -48,33 +52,33 @@ pub async fn candidates(
     limit: usize,
     slice: Option<Slice>,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
-    let mut qb = QueryBuilder::new("");
+    let mut sql = String::with_capacity(256 * regions.len());
     let mut first = true;
     for region in regions {
         for status in ["pending", "sending"] {
             if !first {
-                qb.push(" UNION ALL ");
+                sql.push_str(" UNION ALL ");
             }
             first = false;
-            qb.push("(SELECT id, user_id, due_at FROM notifications WHERE region = ")
-                .push_bind(region)
-                .push(" AND status = ")
-                .push_bind(status)
-                .push(" AND due_at <= UTC_TIMESTAMP(6)");
+            sql.push_str("(SELECT id, user_id, due_at FROM notifications WHERE region = ");
+            literal::text(&mut sql, region);
+            let _ = write!(
+                sql,
+                " AND status = '{status}' AND due_at <= UTC_TIMESTAMP(6)"
+            );
             if let Some(sl) = slice.filter(|sl| sl.count > 1) {
                 let column = if sl.by_user { "user_id" } else { "id" };
-                qb.push(format!(
+                let _ = write!(
+                    sql,
                     " AND MOD({column}, {}) = {}",
                     sl.count,
                     sl.index % sl.count
-                ));
+                );
             }
-            qb.push(" ORDER BY due_at, id LIMIT ")
-                .push_bind(limit as u64)
-                .push(")");
+            let _ = write!(sql, " ORDER BY due_at, id LIMIT {limit})");
         }
     }
-    let rows = qb.build().fetch_all(pool).await?;
+    let rows = sqlx::raw_sql(&sql).fetch_all(pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         // A due_at another service wrote badly (a zero date) must not make
@@ -108,27 +112,27 @@ pub async fn claim(
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut qb = QueryBuilder::new("UPDATE notifications SET status = 'sending', claim_token = ");
-    qb.push_bind(&token[..])
-        .push(", claimed_by = ")
-        .push_bind(worker_id)
-        .push(", lease_until = UTC_TIMESTAMP(6) + INTERVAL ")
-        .push_bind(lease_us)
-        // Repeated rather than `due_at = lease_until`, which would depend on
-        // assignment order (MariaDB's SIMULTANEOUS_ASSIGNMENT mode changes it).
-        .push(" MICROSECOND, due_at = UTC_TIMESTAMP(6) + INTERVAL ")
-        .push_bind(lease_us)
-        .push(" MICROSECOND, attempts = attempts + 1 WHERE id IN (");
-    push_ids(&mut qb, ids);
-    qb.push(
+    let mut sql = String::with_capacity(ids.len() * 8 + 512);
+    sql.push_str("UPDATE notifications SET status = 'sending', claim_token = ");
+    literal::bytes(&mut sql, token);
+    sql.push_str(", claimed_by = ");
+    literal::text(&mut sql, worker_id);
+    // due_at repeats the expression rather than `due_at = lease_until`, which
+    // would depend on assignment order (MariaDB's SIMULTANEOUS_ASSIGNMENT
+    // mode changes it).
+    let _ = write!(
+        sql,
+        ", lease_until = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND, \
+         due_at = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND, \
+         attempts = attempts + 1 WHERE id IN ("
+    );
+    literal::ids(&mut sql, ids);
+    sql.push_str(
         ") AND status IN ('pending', 'sending') AND due_at <= UTC_TIMESTAMP(6) AND region IN (",
     );
-    let mut sep = qb.separated(", ");
-    for r in regions {
-        sep.push_bind(r);
-    }
-    qb.push(")");
-    Ok(qb.build().execute(pool).await?.rows_affected())
+    literal::texts(&mut sql, regions.iter().map(String::as_str));
+    sql.push(')');
+    Ok(sqlx::raw_sql(&sql).execute(pool).await?.rows_affected())
 }
 
 /// One claimed row, or the reason it could not be read. Rows written badly
@@ -142,15 +146,16 @@ pub async fn fetch_claimed(
     ids: &[u64],
     token: &[u8; 16],
 ) -> Result<Vec<ClaimedRead>, sqlx::Error> {
-    let mut qb = QueryBuilder::new(
+    let mut sql = String::with_capacity(ids.len() * 8 + 256);
+    sql.push_str(
         "SELECT id, user_id, channel, CAST(payload AS CHAR) AS payload, dedupe_key, send_at, due_at, expires_at, attempts \
          FROM notifications WHERE id IN (",
     );
-    push_ids(&mut qb, ids);
-    qb.push(") AND claim_token = ")
-        .push_bind(&token[..])
-        .push(" AND status = 'sending'");
-    let rows = qb.build().fetch_all(pool).await?;
+    literal::ids(&mut sql, ids);
+    sql.push_str(") AND claim_token = ");
+    literal::bytes(&mut sql, token);
+    sql.push_str(" AND status = 'sending'");
+    let rows = sqlx::raw_sql(&sql).fetch_all(pool).await?;
     Ok(rows.iter().map(decode_claimed).collect())
 }
 
@@ -222,15 +227,16 @@ pub async fn finish(
         .map(|(id, _)| *id)
         .collect();
     if !sent.is_empty() {
-        let mut qb = QueryBuilder::new(
+        let mut sql = String::with_capacity(sent.len() * 8 + 256);
+        sql.push_str(
             "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
              last_error = NULL WHERE id IN (",
         );
-        push_ids(&mut qb, &sent);
-        qb.push(") AND claim_token = ")
-            .push_bind(&token[..])
-            .push(" AND status = 'sending'");
-        counts.sent = qb.build().execute(pool).await?.rows_affected();
+        literal::ids(&mut sql, &sent);
+        sql.push_str(") AND claim_token = ");
+        literal::bytes(&mut sql, token);
+        sql.push_str(" AND status = 'sending'");
+        counts.sent = sqlx::raw_sql(&sql).execute(pool).await?.rows_affected();
         counts.lost += sent.len() as u64 - counts.sent;
     }
     let others: Vec<&(u64, Finish)> = rows.iter().filter(|(_, f)| *f != Finish::Sent).collect();
@@ -296,17 +302,4 @@ fn truncate(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn push_ids(qb: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[u64]) {
-    // Ids are integers: inlining them keeps the statement text small and
-    // spares one bind per row.
-    let mut text = String::with_capacity(ids.len() * 8);
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push_str(&id.to_string());
-    }
-    qb.push(text);
 }

@@ -16,6 +16,7 @@
 
 pub mod claim;
 pub mod enqueue;
+mod literal;
 pub mod migrate;
 pub mod prune;
 pub mod status;

@@ -53,3 +53,32 @@ fn bench_rejects_contradicting_scenarios() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--scenario"));
 }
+
+/// The database-only replay runs Herald's own claim, read-back and finish
+/// statements: every row ends `sent`, once per stream count asked for.
+#[test]
+fn bench_ceiling_replays_the_protocol_without_workers() {
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .args(["bench", "ceiling", "--json", "--m", "3000", "--w", "1,2"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running herald bench ceiling");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (v, streams) in lines.iter().zip([1, 2]) {
+        assert_eq!(v["scenario"], "ceiling");
+        assert_eq!(v["streams"], streams);
+        assert_eq!(v["M"], 3000);
+        assert_eq!(v["lost"], 0, "{stdout}");
+        for phase in ["candidates", "claim", "fetch", "finish"] {
+            let us = v[format!("{phase}_us_per_row")].as_f64().unwrap();
+            assert!(us > 0.0, "{phase}: {stdout}");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `herald bench ceiling`: what the database alone can do with the protocol.
+//!
+//! S1 on a small machine is bound by MariaDB, not by the workers: every
+//! notification costs two fenced row updates (claim and finish). To tell
+//! how far the worker is from that bound, this runs Herald's own statements
+//! (the `store::claim` functions the poller and the finisher call) for M
+//! rows over S connections, with no worker process, no Redis and no sends:
+//! per batch of 1,000 the candidate read, the claim, the read-back, and the
+//! finish in chunks of 250 (about the size of the finisher's rounds in S1).
+//! The candidate read is executed for its cost; each stream then claims its
+//! own share of the ids, so streams never contend for rows, which is the
+//! best case for the database.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::report::{round, Report};
+use super::workload::{self, BenchDb};
+use super::Params;
+use crate::config::Settings;
+use crate::store::claim::{self, Finish};
+use crate::store::Store;
+
+/// Rows per claim, as a worker with the default batch size claims them.
+const BATCH: usize = 1000;
+/// Rows per finish statement.
+const FINISH_CHUNK: usize = 250;
+const LEASE_US: i64 = 30_000_000;
+
+/// Time spent in each kind of statement, summed over all streams.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phases {
+    candidates: Duration,
+    claim: Duration,
+    fetch: Duration,
+    finish: Duration,
+}
+
+impl Phases {
+    fn add(&mut self, o: Phases) {
+        self.candidates += o.candidates;
+        self.claim += o.claim;
+        self.fetch += o.fetch;
+        self.finish += o.finish;
+    }
+}
+
+pub async fn run(settings: &Settings, params: &Params, streams: usize) -> anyhow::Result<Report> {
+    let label = format!("bench ceiling S={streams}");
+    let db = BenchDb::create(&settings.database_url, params.keep).await?;
+    let region = settings.regions[0].clone();
+    eprintln!("{label}: enqueueing {} notifications", params.m);
+    let send_at = chrono::Utc::now() - chrono::Duration::seconds(1);
+    workload::enqueue(
+        &db.store,
+        0,
+        params.m,
+        params.users,
+        "file",
+        &region,
+        send_at,
+    )
+    .await?;
+    let ids = workload::ids_after(&db.store, 0).await?;
+    workload::settle(&db.store).await?;
+
+    // One single-connection pool per stream, dialled before the clock starts.
+    let mut stores = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        stores.push(Store::connect(&db.url, 1).await?);
+    }
+    let batches: Vec<Vec<u64>> = ids.chunks(BATCH).map(<[u64]>::to_vec).collect();
+    let cpu_before = db_server_cpu();
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(streams);
+    for (k, store) in stores.into_iter().enumerate() {
+        let mine: Vec<Vec<u64>> = batches.iter().skip(k).step_by(streams).cloned().collect();
+        let regions = vec![region.clone()];
+        tasks.push(tokio::spawn(async move {
+            let r = stream(&store, &regions, &mine).await;
+            store.close().await;
+            r
+        }));
+    }
+    let mut phases = Phases::default();
+    let mut done = 0u64;
+    for t in tasks {
+        let (p, n) = t.await.context("a replay stream panicked")??;
+        phases.add(p);
+        done += n;
+    }
+    let wall = t0.elapsed();
+    let cpu = cpu_before.and_then(|b| Some(db_server_cpu()? - b));
+    let not_sent = workload::not_sent(&db.store, 0).await?;
+    db.finish().await?;
+
+    let m = ids.len() as u64;
+    let per_row_us = |d: Duration| round(d.as_secs_f64() * 1e6 / m.max(1) as f64, 2);
+    let mut report = Report {
+        system: "herald",
+        scenario: "ceiling",
+        m,
+        w: streams,
+        c: 0,
+        l_ms: 0,
+        wall_s: round(wall.as_secs_f64(), 3),
+        jobs_per_s: round(m as f64 / wall.as_secs_f64(), 1),
+        dupes: 0,
+        lost: not_sent.len() as u64 + m.saturating_sub(done),
+        peak_rss_mib: 0.0,
+        ideal_ratio: None,
+        extra: Default::default(),
+    };
+    report.set("streams", streams);
+    report.set("candidates_us_per_row", per_row_us(phases.candidates));
+    report.set("claim_us_per_row", per_row_us(phases.claim));
+    report.set("fetch_us_per_row", per_row_us(phases.fetch));
+    report.set("finish_us_per_row", per_row_us(phases.finish));
+    if let Some(cpu) = cpu {
+        report.set(
+            "db_cpu_ms_per_1000_rows",
+            round(cpu.as_secs_f64() * 1e6 / m.max(1) as f64, 1),
+        );
+    }
+    eprintln!(
+        "{label}: {m} rows in {:.3} s = {:.0}/s",
+        wall.as_secs_f64(),
+        m as f64 / wall.as_secs_f64()
+    );
+    Ok(report)
+}
+
+/// One connection's share: returns the time per statement kind and the
+/// rows it finished.
+async fn stream(
+    store: &Store,
+    regions: &[String],
+    batches: &[Vec<u64>],
+) -> anyhow::Result<(Phases, u64)> {
+    let pool = store.pool();
+    let mut p = Phases::default();
+    let mut finished = 0;
+    for ids in batches {
+        let token: [u8; 16] = rand::random();
+        let t = Instant::now();
+        claim::candidates(pool, regions, ids.len(), None).await?;
+        p.candidates += t.elapsed();
+        let t = Instant::now();
+        claim::claim(pool, ids, regions, &token, "ceiling", LEASE_US).await?;
+        p.claim += t.elapsed();
+        let t = Instant::now();
+        claim::fetch_claimed(pool, ids, &token).await?;
+        p.fetch += t.elapsed();
+        let t = Instant::now();
+        for chunk in ids.chunks(FINISH_CHUNK) {
+            let rows: Vec<(u64, Finish)> = chunk.iter().map(|&id| (id, Finish::Sent)).collect();
+            finished += claim::finish(pool, &token, &rows).await?.sent;
+        }
+        p.finish += t.elapsed();
+    }
+    Ok((p, finished))
+}
+
+/// CPU time used so far by a database server on this machine (`mariadbd` or
+/// `mysqld`), or `None` when there is none to see (a remote server).
+fn db_server_cpu() -> Option<Duration> {
+    let tick = 100.0; // USER_HZ on Linux
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if !matches!(comm.trim(), "mariadbd" | "mysqld") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields of the whole line.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        return Some(Duration::from_secs_f64(ticks / tick));
+    }
+    None
+}
