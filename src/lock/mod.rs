@@ -14,6 +14,8 @@
 //!   the work when the lock is lost.
 //! * `window` — [`Redlock::once_per_window`] and the health [`Redlock::probe`].
 //! * `round` — one request per master, decided as early as possible.
+//! * `coalesce` — concurrent single-key acquires and releases share one
+//!   round trip per master.
 //! * `master` — pool, per-request timeout and breaker of one master;
 //!   `breaker` — the circuit breaker itself.
 //! * `scripts` — owner-only release/extend in Lua (EVALSHA, NOSCRIPT fallback).

@@ -10,6 +10,7 @@
 //!   delivery protocol.
 //! * [`status`] — counts by status, backlog and lag.
 //! * [`prune`] — the cleanup task's gated, batched deletes.
+//! * `literal` — safe SQL literals for the hot statements sent as text.
 //!
 //! All time comparisons use the database clock (`UTC_TIMESTAMP(6)`), so
 //! instances whose clocks drift still agree on when a lease expired.
