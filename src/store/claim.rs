@@ -28,9 +28,17 @@ pub struct Candidate {
     pub due_at: DateTime<Utc>,
 }
 
-/// A slice of the candidates: rows whose id (or user id) is `index` modulo
-/// `count`. Instances that poll at the same time mostly read different
-/// slices, so they do not all lock the same oldest rows; the condition is
+/// Consecutive ids that fall into the same slice. Slicing single ids
+/// (`MOD(id, n)`) spread every claim and finish over n times as many table
+/// pages, each page then touched by n different statements; blocks of about
+/// one page keep a batch's rows together. In alternating S1 runs this was
+/// ~10 % faster (6 pairs: 35,000 vs 31,900/s on average).
+pub const SLICE_BLOCK: u64 = 128;
+
+/// A slice of the candidates: rows whose id block (`id DIV SLICE_BLOCK`),
+/// or user id in user lock scope, is `index` modulo `count`. Instances that
+/// poll at the same time mostly read different slices, so they do not all
+/// lock the same oldest rows; the condition is
 /// evaluated on the covering index, so a slice costs the database no row
 /// reads and sends nothing over the wire for the rows it skips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +75,11 @@ pub async fn candidates(
                 " AND status = '{status}' AND due_at <= UTC_TIMESTAMP(6)"
             );
             if let Some(sl) = slice.filter(|sl| sl.count > 1) {
-                let column = if sl.by_user { "user_id" } else { "id" };
+                let column = if sl.by_user {
+                    "user_id".to_owned()
+                } else {
+                    format!("id DIV {SLICE_BLOCK}")
+                };
                 let _ = write!(
                     sql,
                     " AND MOD({column}, {}) = {}",

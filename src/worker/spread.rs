@@ -3,7 +3,8 @@
 //! Every instance wants the oldest due rows. If all of them read the same
 //! oldest rows and try to lock them, one wins each key and the others waste
 //! a round trip (and, worse, get small batches). A poll therefore reads one
-//! *slice* of the candidates (`MOD(id, n) = random`), so concurrent polls
+//! *slice* of the candidates (`MOD(id DIV 128, n) = random`: blocks of
+//! consecutive ids, so a batch's rows share table pages), so concurrent polls
 //! mostly see disjoint rows. The number of slices adapts: it doubles while
 //! many keys turn out held by another instance and halves after a run of
 //! polls without contention, so a lone instance reads the plain oldest rows
