@@ -32,7 +32,7 @@ pub struct Candidate {
 /// (`MOD(id, n)`) spread every claim and finish over n times as many table
 /// pages, each page then touched by n different statements; blocks of about
 /// one page keep a batch's rows together. In alternating S1 runs this was
-/// ~10 % faster (6 pairs: 35,000 vs 31,900/s on average).
+/// ~10 % faster (9 pairs: 35,500 vs 32,300/s on average).
 pub const SLICE_BLOCK: u64 = 128;
 
 /// A slice of the candidates: rows whose id block (`id DIV SLICE_BLOCK`),
