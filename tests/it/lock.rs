@@ -2,13 +2,13 @@
 //!
 //! Every test uses its own key prefix; nothing here flushes a database.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald::lock::{FailureKind, LockConfig, LockError, Redlock, RetryPolicy, Token};
 
+use crate::helpers::wait_until;
 use crate::redis_procs::{Masters, RedisProc};
 
 const MASTER_TIMEOUT: Duration = Duration::from_millis(50);
@@ -51,26 +51,10 @@ async fn keys_on(url: &str, prefix: &str) -> Vec<String> {
         .unwrap()
 }
 
-/// Polls `cond` until it holds or `limit` passes (then panics with `what`).
-async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn no_keys_left(urls: &[String], prefix: &str) {
     for url in urls {
         let url = url.clone();
-        wait_until(Duration::from_secs(3), "no keys left behind", || {
+        wait_until("no keys left behind", Duration::from_secs(3), || {
             let url = url.clone();
             async move { keys_on(&url, prefix).await.is_empty() }
         })
@@ -451,7 +435,7 @@ async fn batch_of_500_returns_exactly_the_free_keys() {
     // Our minority grants on the third master are deleted again.
     let third = urls[2].clone();
     let expected_on_third = held.len() + expected.len();
-    wait_until(Duration::from_secs(3), "minority grants released", || {
+    wait_until("minority grants released", Duration::from_secs(3), || {
         let third = third.clone();
         let p = p.clone();
         async move { keys_on(&third, &p).await.len() == expected_on_third }
@@ -706,8 +690,8 @@ async fn dropped_acquire_releases_what_it_took() {
     let url0 = urls[0].clone();
     let p0 = p.clone();
     wait_until(
-        Duration::from_secs(2),
         "the granted master is cleaned up",
+        Duration::from_secs(2),
         || {
             let url0 = url0.clone();
             let p0 = p0.clone();
@@ -720,7 +704,7 @@ async fn dropped_acquire_releases_what_it_took() {
         rl.acquire("d", Duration::from_secs(60)).await,
         Err(LockError::NoQuorum { .. })
     ));
-    wait_until(Duration::from_secs(2), "failed acquire cleaned up", || {
+    wait_until("failed acquire cleaned up", Duration::from_secs(2), || {
         let url0 = urls[0].clone();
         let p0 = p.clone();
         async move { keys_on(&url0, &p0).await.is_empty() }
