@@ -13,6 +13,7 @@
 //! * [`secret`] — URLs whose passwords never reach logs or `Debug` output.
 //! * [`notification`] — the row model, statuses and input validation for
 //!   enqueue.
+//! * [`intake`] — JSON lines to rows, for `herald enqueue`.
 //! * [`store`] — everything that talks to MySQL: migrations, enqueue, the
 //!   candidate/claim/finish queries of the delivery protocol, status counts
 //!   and pruning.
@@ -40,6 +41,7 @@ pub mod cli;
 pub mod companions;
 pub mod config;
 pub mod http;
+pub mod intake;
 pub mod lock;
 pub mod metrics;
 pub mod notification;
