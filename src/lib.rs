@@ -17,6 +17,7 @@
 //! * [`store`] — everything that talks to MySQL: migrations, enqueue, the
 //!   candidate/claim/finish queries of the delivery protocol, status counts
 //!   and pruning.
+//! * [`policy`] — delivery policy: the retry schedule.
 //! * [`lock`] — our own Redlock over 1..N Redis masters: single and batched
 //!   acquire, extend, release, watchdog, once-per-window keys, health probe.
 //! * [`transport`] — delivers one notification (webhook, log, file) and says
@@ -45,6 +46,7 @@ pub mod intake;
 pub mod lock;
 pub mod metrics;
 pub mod notification;
+pub mod policy;
 pub mod secret;
 pub mod stats;
 pub mod store;
