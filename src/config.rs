@@ -62,7 +62,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run one cleanup pass now (operators).
+    /// Run one cleanup pass now and exit (operators).
     Cleanup(CleanupCmdArgs),
     /// Benchmarks; print one JSON line on stdout.
     Bench(BenchArgs),
@@ -388,8 +388,8 @@ pub struct CleanupArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CleanupCmdArgs {
-    /// Run one pass and exit (the only mode; required for clarity).
-    #[arg(long, required = true)]
+    /// Accepted and ignored: one pass is the only mode (older scripts pass it).
+    #[arg(long, hide = true)]
     pub once: bool,
     /// Count what would be deleted; delete nothing.
     #[arg(long)]
@@ -785,20 +785,33 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Parses `90s`, `30m`, `12h`, `7d` (or plain seconds).
+/// The longest duration [`parse_duration`] accepts. Retention is subtracted
+/// from the database clock, so a value past any row's age is already
+/// "forever"; the bound keeps that arithmetic far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `90s`, `30m`, `12h`, `7d` (or plain seconds), up to
+/// [`MAX_DURATION`] (100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let too_long = || format!("{s:?} is longer than the limit of 100 years (36500d)");
+    let n: u64 = match num.parse() {
+        Ok(n) => n,
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => return Err(too_long()),
+        Err(_) => return Err(format!("{s:?} is not a duration like 90s, 30m, 12h or 7d")),
+    };
+    let unit_secs: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
     };
+    let secs = n.checked_mul(unit_secs).ok_or_else(too_long)?;
+    if secs > MAX_DURATION.as_secs() {
+        return Err(too_long());
+    }
     Ok(Duration::from_secs(secs))
 }
 
@@ -814,6 +827,11 @@ mod tests {
         );
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("7w").is_err());
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+        for huge in ["36501d", "213503982334602d", "99999999999999999999999s"] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("100 years"), "{huge}: {e}");
+        }
     }
 
     #[test]

@@ -395,3 +395,147 @@ async fn a_worker_on_an_unmigrated_database_says_to_run_migrate() {
     let err = text(&out.stderr);
     assert!(err.contains("run `herald migrate` first"), "{err}");
 }
+
+/// Issue 13 item 6: whatever shape a URL-bearing setting has (a password
+/// holding `/`, `#`, `,` or `@`, a URL that does not parse), no error
+/// printed by the binary may contain the password.
+#[tokio::test]
+async fn no_error_prints_a_password_whatever_the_url_shape() {
+    // (password pieces that must not appear, URL with the password in it)
+    let shapes: &[(&[&str], &str)] = &[
+        (&["S3cr3t"], "//u:S3cr3t/pw@127.0.0.1:1/h"),
+        (&["S3#cr3t", "cr3t"], "//u:S3#cr3t@127.0.0.1:1/h"),
+        (&["S3c", "r3tX"], "//u:S3c,r3tX@127.0.0.1:1/h"),
+        (&["p@ssw0rd", "ssw0rd"], "//u:p@ssw0rd@127.0.0.1:1/h"),
+        (&["S3cr3t"], "//u:S3cr3t@127.0.0.1:1/h"),
+        (&["S3cr3t"], "//u:S3cr3t@/h"),
+    ];
+    for (secrets, shape) in shapes {
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("HERALD_DATABASE_URL", format!("mysql:{shape}"), "status"),
+            ("HERALD_DATABASE_URL", format!("mysql:{shape}"), "migrate"),
+            ("HERALD_REDIS_URLS", format!("redis:{shape}"), "status"),
+            (
+                "HERALD_REDIS_URLS",
+                format!("redis://127.0.0.1:1,redis:{shape}"),
+                "worker",
+            ),
+            ("HERALD_WEBHOOK_URL", format!("http:{shape}"), "worker"),
+            (
+                "HERALD_CHANNELS",
+                format!("x=webhook:http:{shape}"),
+                "worker",
+            ),
+            (
+                "HERALD_CHANNELS",
+                format!("a=log,x=webhook:https:{shape},b=log"),
+                "worker",
+            ),
+        ];
+        for (env, value, command) in cases {
+            let out = herald(None)
+                // Anything that gets past validation fails fast here.
+                .env("HERALD_DATABASE_URL", "mysql://root@127.0.0.1:1/herald")
+                .env("HERALD_HTTP_ADDR", "")
+                .env(env, &value)
+                .arg(command)
+                .output()
+                .unwrap();
+            let err = text(&out.stderr);
+            assert!(!out.status.success(), "{env}={value} {command}: {err}");
+            for secret in *secrets {
+                assert!(
+                    !err.contains(secret),
+                    "{env}={value} {command} printed {secret:?}: {err}"
+                );
+            }
+        }
+    }
+}
+
+/// Issue 13 item 7: a retention too large to compute with used to wrap
+/// around to a few hours, so cleanup would have deleted fresh rows.
+#[tokio::test]
+async fn retention_past_100_years_exits_2_naming_the_setting() {
+    for (env, value) in [
+        ("HERALD_RETENTION_SENT", "213503982334602d"),
+        ("HERALD_RETENTION_FAILED", "36501d"),
+        ("HERALD_RETENTION_EXPIRED", "99999999999999999999999"),
+    ] {
+        for command in [&["cleanup", "--dry-run"][..], &["worker"][..]] {
+            let out = herald(None).env(env, value).args(command).output().unwrap();
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{env}={value}: {err}");
+            assert!(err.contains(env), "{env}={value}: {err}");
+            assert!(err.contains("100 years"), "{env}={value}: {err}");
+        }
+    }
+    let db = TestDb::new().await;
+    let out = herald(Some(&db))
+        .env("HERALD_RETENTION_SENT", "36500d")
+        .args(["cleanup", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("would delete 0"));
+}
+
+/// Issue 13 item 8: a closed database port used to cost 10 s and end in
+/// "pool timed out while waiting for an open connection".
+#[tokio::test]
+async fn a_closed_database_port_fails_at_once_with_the_cause_once() {
+    let port = {
+        // A port nothing listens on: bound, then released.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("mysql://root@127.0.0.1:{port}/herald");
+    for command in ["status", "migrate", "enqueue", "worker", "cleanup"] {
+        let started = std::time::Instant::now();
+        let out = herald(None)
+            .env("HERALD_DATABASE_URL", &url)
+            .env("HERALD_HTTP_ADDR", "")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{command} took {:?}: {err}",
+            started.elapsed()
+        );
+        assert!(err.contains("connection refused"), "{command}: {err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}")),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("pool timed out"), "{command}: {err}");
+        assert!(err.matches("os error").count() <= 1, "{command}: {err}");
+        assert!(err.matches("refused").count() == 1, "{command}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_database_says_to_run_migrate() {
+    let db = DbName::new();
+    for command in ["status", "enqueue", "worker", "cleanup"] {
+        let out = herald(None)
+            .env("HERALD_DATABASE_URL", db.url.expose())
+            .env("HERALD_HTTP_ADDR", "")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(err.contains("Unknown database"), "{command}: {err}");
+        assert!(err.contains("run `herald migrate`"), "{command}: {err}");
+        assert_eq!(
+            err.matches("Unknown database").count(),
+            1,
+            "{command}: {err}"
+        );
+    }
+}
