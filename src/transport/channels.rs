@@ -111,10 +111,7 @@ fn parse_entry(entry: &str) -> Result<ChannelSpec, String> {
     if name.is_empty() {
         return Err("the channel name is empty".into());
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
+    if let Some(c) = crate::name::first_bad_char(name) {
         return Err(format!(
             "channel name contains {c:?} (allowed: letters, digits, _ - .)"
         ));
@@ -155,7 +152,7 @@ fn parse_entry(entry: &str) -> Result<ChannelSpec, String> {
 
 /// Accepts only absolute http(s) URLs: anything else would fail on every
 /// delivery, and failing at start-up is far easier to notice.
-pub(crate) fn parse_webhook_url(s: &str) -> Result<url::Url, String> {
+pub fn parse_webhook_url(s: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(

@@ -68,7 +68,7 @@ use serde_json::value::RawValue;
 
 use crate::secret::SecretString;
 
-pub use channels::{parse_channels, ChannelKind, ChannelSpec};
+pub use channels::{parse_channels, parse_webhook_url, ChannelKind, ChannelSpec};
 pub use file::FileTransport;
 pub use log::LogTransport;
 pub use signature::{decode_secret, verify_signature, SecretError, Signer, SECRET_PREFIX};
