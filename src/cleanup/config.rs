@@ -8,16 +8,26 @@ use clap::Args;
 use crate::setting::{parse_duration, ConfigError};
 use crate::store::prune::Retention;
 
-/// Cleanup flags, flattened into `herald worker` and `herald cleanup`.
+/// Default of `HERALD_CLEANUP_INTERVAL_S`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The periodic task's flags: `herald worker` only.
 #[derive(Debug, Clone, Args)]
-pub struct CleanupArgs {
+pub struct CleanupTaskArgs {
     /// Run the cleanup task in this worker (true/false).
     #[arg(long = "cleanup", env = "HERALD_CLEANUP", default_value_t = true, action = clap::ArgAction::Set)]
     pub enabled: bool,
     /// Seconds between cleanup ticks (first tick after a jittered delay).
-    #[arg(long, env = "HERALD_CLEANUP_INTERVAL_S", default_value_t = 60,
+    #[arg(long, env = "HERALD_CLEANUP_INTERVAL_S", default_value_t = DEFAULT_INTERVAL.as_secs(),
         value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub cleanup_interval_s: u64,
+    #[command(flatten)]
+    pub pass: CleanupArgs,
+}
+
+/// What one pass does, flattened into `herald worker` and `herald cleanup`.
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
     /// Skip cleanup while more rows than this are due.
     #[arg(long, env = "HERALD_CLEANUP_MAX_BACKLOG", default_value_t = 1_000)]
     pub cleanup_max_backlog: u64,
@@ -68,12 +78,22 @@ pub struct CleanupConfig {
     pub retention: Retention,
 }
 
-impl CleanupArgs {
-    /// Ranges are checked by clap when the flags are read; this only builds
-    /// the typed value. The `Result` stays for settings that will need more.
+impl CleanupTaskArgs {
     pub fn validate(&self) -> Result<CleanupConfig, ConfigError> {
         Ok(CleanupConfig {
             interval: Duration::from_secs(self.cleanup_interval_s),
+            ..self.pass.validate()?
+        })
+    }
+}
+
+impl CleanupArgs {
+    /// Ranges are checked by clap when the flags are read; this only builds
+    /// the typed value (with the default interval: a single pass has none).
+    /// The `Result` stays for settings that will need more.
+    pub fn validate(&self) -> Result<CleanupConfig, ConfigError> {
+        Ok(CleanupConfig {
+            interval: DEFAULT_INTERVAL,
             max_backlog: self.cleanup_max_backlog,
             batch: self.cleanup_batch,
             pause: Duration::from_millis(self.cleanup_pause_ms),

@@ -4,17 +4,19 @@
 //! [`crate::app`]), so the tests drive the same code paths the binary does.
 //!
 //! * [`migrate`], [`enqueue`], [`status`], [`worker`], [`cleanup`],
-//!   [`bench`] — one module per command.
+//!   [`bench`] — one module per command;
+//! * [`env`] — the warning about `HERALD_*` variables no flag reads.
 //!
 //! Exit codes: 0 success, 1 the command ran but something failed (rejected
 //! enqueue lines, a runtime error), 2 invalid configuration or usage.
 
-mod bench;
-mod cleanup;
-mod enqueue;
-mod migrate;
-mod status;
-mod worker;
+pub mod bench;
+pub mod cleanup;
+pub mod enqueue;
+pub mod env;
+pub mod migrate;
+pub mod status;
+pub mod worker;
 
 use std::process::ExitCode;
 
@@ -96,6 +98,10 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     crate::telemetry::init(&settings.log, settings.log_format);
+    {
+        use clap::CommandFactory;
+        env::warn_unknown(&Cli::command());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -21,24 +21,21 @@ pub mod worker;
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::lock::config::DEFAULT_MASTER_TIMEOUT;
 use crate::lock::{LockConfig, LockConfigError};
 use crate::secret::SecretUrl;
 
 pub use crate::setting::{parse_duration, ConfigError};
+pub use crate::telemetry::LogFormat;
 pub use enqueue::EnqueueArgs;
 pub use worker::{LockScope, WorkerArgs, WorkerConfig};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Settings every command shares.
+/// Settings every command shares. Listed under their own heading in every
+/// command's help, apart from the command's own flags.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// MySQL URL, mysql://user:password@host:port/database.
     #[arg(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
 
-use crate::cleanup::config::{CleanupArgs, CleanupConfig};
+use crate::cleanup::config::{CleanupConfig, CleanupTaskArgs};
 use crate::secret::SecretString;
 use crate::setting::ConfigError;
 use crate::transport::{TransportConfigError, TransportSettings};
@@ -95,7 +95,7 @@ pub struct WorkerArgs {
     pub max_response_bytes: usize,
 
     #[command(flatten)]
-    pub cleanup: CleanupArgs,
+    pub cleanup: CleanupTaskArgs,
 
     /// Stats window in seconds; one instance per window logs fleet statistics. 0 = off.
     #[arg(long, env = "HERALD_STATS_INTERVAL_S", default_value_t = 60)]

@@ -18,7 +18,9 @@
 //! * **log** — one JSON line per delivery on stdout, for development.
 //! * **file** — one JSON line per delivery appended to a file, each line with a
 //!   single `write(2)` on an `O_APPEND` descriptor, so many tasks and several
-//!   processes can share one file. Used by the benchmark.
+//!   processes can share one file. `HERALD_FILE_LATENCY_MS` makes it wait
+//!   that long before each write, a stand-in for a slow receiver ([`file::latency`]).
+//!   Used by the benchmark.
 //!
 //! # Channels: `HERALD_CHANNELS`
 //!
@@ -52,9 +54,8 @@
 //! "carrier-pigeon" (expected webhook, log, file)`.
 
 mod channels;
-mod file;
+pub mod file;
 mod log;
-pub mod precise_sleep;
 mod signature;
 mod webhook;
 

@@ -539,3 +539,85 @@ async fn a_missing_database_says_to_run_migrate() {
         );
     }
 }
+
+/// Ranges are checked by clap now; the error still names the variable and
+/// the flag, and exits 2, for every command's settings.
+#[tokio::test]
+async fn out_of_range_settings_of_every_command_exit_2_naming_the_variable() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("HERALD_DB_POOL_SIZE", "0", &["status"]),
+        ("HERALD_LOCK_MASTER_TIMEOUT_MS", "60001", &["status"]),
+        ("HERALD_MAX_PAYLOAD_BYTES", "0", &["enqueue"]),
+        ("HERALD_CLEANUP_BATCH", "0", &["cleanup"]),
+        ("HERALD_CLEANUP_MAX_TICK_S", "86401", &["worker"]),
+        ("HERALD_BATCH_SIZE", "5001", &["worker"]),
+        ("HERALD_MAX_RESPONSE_BYTES", "0", &["worker"]),
+        ("HERALD_RETRY_BASE_MS", "5000", &["worker"]),
+    ];
+    for (env, value, args) in cases {
+        let mut cmd = herald(None);
+        if *env == "HERALD_RETRY_BASE_MS" {
+            cmd.env("HERALD_RETRY_MAX_MS", "4000");
+        }
+        let out = cmd.env(env, value).args(*args).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env}={value}: {err}");
+        assert!(err.contains(env), "{env}={value}: {err}");
+    }
+}
+
+/// Two spellings of one Redis server (`/0` is the default database) would
+/// count twice towards the quorum: refused at start-up, exit 2.
+#[tokio::test]
+async fn one_redis_master_listed_twice_in_two_spellings_exits_2() {
+    let out = herald(None)
+        .env(
+            "HERALD_REDIS_URLS",
+            "redis://127.0.0.1:6379,redis://127.0.0.1:6379/0",
+        )
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("HERALD_REDIS_URLS"), "{err}");
+    assert!(err.contains("listed twice"), "{err}");
+}
+
+/// `--help` shows which variable sets a flag, but never the value of a URL
+/// or secret setting (a webhook URL may carry a token in its query).
+#[test]
+fn help_never_shows_the_value_of_a_url_or_secret_setting() {
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", "mysql://u:Pw1secret@h/db")
+        .env("HERALD_REDIS_URLS", "redis://:Pw2secret@h:6379")
+        .env("HERALD_WEBHOOK_URL", "https://h/x?token=Pw3secret")
+        .env("HERALD_WEBHOOK_SECRET", "whsec_Pw4secret")
+        .env("HERALD_CHANNELS", "a=webhook:https://u:Pw5secret@h/")
+        .args(["worker", "--help"])
+        .output()
+        .unwrap();
+    let help = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(help.contains("HERALD_WEBHOOK_URL"), "{help}");
+    assert!(!help.contains("secret@") && !help.contains("Pw"), "{help}");
+    assert!(help.contains("Global options"), "{help}");
+}
+
+/// A misspelled variable used to be ignored without a word.
+#[tokio::test]
+async fn an_unknown_herald_variable_gets_one_warning_naming_the_closest() {
+    let db = TestDb::new().await;
+    let out = herald(Some(&db))
+        .env("HERALD_CONCURENCY", "4")
+        .env("HERALD_LOG", "warn")
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("HERALD_CONCURENCY").count(), 1, "{err}");
+    assert!(err.contains("did you mean HERALD_CONCURRENCY"), "{err}");
+    // Known variables (HERALD_DATABASE_URL, HERALD_LOG) get no warning.
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
