@@ -22,6 +22,9 @@
 //! skipped (backlog B > T)`, `cleanup: lock held elsewhere`). The start and
 //! end of the work under the lock are logged at debug level, so a test (or
 //! an operator chasing an overlap) can see exactly when the lock was used.
+//!
+//! Its settings ([`config`]) live beside it; `herald cleanup` (in the CLI)
+//! runs one [`Cleanup::tick`] or a [`dry_run`].
 
 pub mod config;
 

@@ -15,7 +15,7 @@
 //!
 //! * [`cli`] — the `herald` command line, one thin module per command;
 //!   `main.rs` only calls into it.
-//! * [`bench`] — `herald bench`: the shared benchmark workload against real
+//! * [`bench`](mod@bench) — `herald bench`: the shared benchmark workload against real
 //!   worker processes, and its flags. Uses the library like any caller.
 //! * [`app`] — the one place that assembles the store, the lock, the
 //!   transports and metrics from validated settings, and runs the worker

@@ -4,8 +4,8 @@
 //! [`crate::app`]), so the tests drive the same code paths the binary does.
 //!
 //! * [`migrate`], [`enqueue`], [`status`], [`worker`], [`cleanup`],
-//!   [`bench`] — one module per command;
-//! * [`env`] — the warning about `HERALD_*` variables no flag reads.
+//!   [`bench`](mod@bench) — one module per command;
+//! * [`env`](mod@env) — the warning about `HERALD_*` variables no flag reads.
 //!
 //! Exit codes: 0 success, 1 the command ran but something failed (rejected
 //! enqueue lines, a runtime error), 2 invalid configuration or usage.

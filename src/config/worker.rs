@@ -70,10 +70,10 @@ pub struct WorkerArgs {
     /// URL the `webhook` channel posts to.
     #[arg(long, env = "HERALD_WEBHOOK_URL", hide_env_values = true)]
     pub webhook_url: Option<String>,
-    /// Standard Webhooks signing secret (whsec_<base64> or raw).
+    /// Standard Webhooks signing secret (whsec_ followed by base64, or raw).
     #[arg(long, env = "HERALD_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<SecretString>,
-    /// Extra channel routes: name=kind[:arg],... (kinds: webhook, log, file).
+    /// Extra channel routes: name=kind or name=kind:arg, comma-separated (kinds: webhook, log, file).
     #[arg(
         long,
         env = "HERALD_CHANNELS",

@@ -51,7 +51,15 @@
 //!
 //! A bad entry is rejected at start-up with its position and text, e.g.
 //! `HERALD_CHANNELS: entry 2 "sms=carrier-pigeon": unknown transport
-//! "carrier-pigeon" (expected webhook, log, file)`.
+//! "carrier-pigeon" (expected webhook, log, file)`; any URL credentials in
+//! the echoed text are shown as `***`, whatever the URL's shape.
+//!
+//! # Modules
+//!
+//! * `channels` — parsing `HERALD_CHANNELS` and the webhook URL rule;
+//! * `webhook`, `log`, [`file`](mod@file) — the transports (the file channel's
+//!   simulated latency is [`file::latency`]);
+//! * `signature` — Standard Webhooks signing and verification.
 
 mod channels;
 pub mod file;
