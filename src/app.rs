@@ -1,16 +1,19 @@
-//! The application as the binary runs it, built the same way by the tests:
-//! connections, transports and metrics from validated settings, then the
-//! worker and its companion tasks (cleanup, stats, HTTP) until shutdown.
+//! The application as the binary runs it: the one place that assembles the
+//! store, the lock, the transports and metrics from validated settings, and
+//! then runs the worker and its companion tasks (cleanup, stats, HTTP) until
+//! shutdown. Only the CLI (and benchmarks) sit above it.
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{transport_config_error, Settings, WorkerConfig};
-use crate::lock::{LockConfig, Redlock};
+use crate::config::worker::transport_config_error;
+use crate::config::{Settings, WorkerConfig};
+use crate::lock::Redlock;
 use crate::metrics::Metrics;
+use crate::services::Deps;
 use crate::store::Store;
 use crate::transport::Transports;
-use crate::worker::{Deps, Totals, Worker};
+use crate::worker::{Totals, Worker};
 
 /// Everything a worker process runs with.
 #[derive(Debug, Clone)]
@@ -20,24 +23,10 @@ pub struct App {
     pub deps: Deps,
 }
 
-/// Lock settings shared by every part of Herald that locks.
-pub fn lock_config(settings: &Settings) -> LockConfig {
-    LockConfig {
-        masters: settings
-            .redis_urls
-            .iter()
-            .map(|u| u.expose().to_owned())
-            .collect(),
-        key_prefix: settings.key_prefix.clone(),
-        master_timeout: settings.lock_master_timeout,
-        ..LockConfig::default()
-    }
-}
-
 /// Connects the lock layer. Masters may be down at start: connections are
 /// made lazily and the breaker copes with dead ones.
 pub async fn redlock(settings: &Settings) -> anyhow::Result<Redlock> {
-    Redlock::new(lock_config(settings))
+    Redlock::new(settings.lock_config())
         .await
         .context("setting up the Redis lock masters (HERALD_REDIS_URLS)")
 }
@@ -101,9 +90,10 @@ impl App {
             self.settings.regions.clone(),
         );
         let handle = worker.handle();
-        let companions = crate::companions::spawn(&self, handle, shutdown.clone())
-            .await
-            .context("starting the HTTP server, cleanup and stats tasks")?;
+        let companions =
+            crate::companions::spawn(&self.deps, &self.config, handle, shutdown.clone())
+                .await
+                .context("starting the HTTP server, cleanup and stats tasks")?;
         let totals = worker.run(shutdown).await;
         companions.stop().await;
         self.deps.store.close().await;

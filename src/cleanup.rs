@@ -22,9 +22,13 @@
 //! skipped (backlog B > T)`, `cleanup: lock held elsewhere`). The start and
 //! end of the work under the lock are logged at debug level, so a test (or
 //! an operator chasing an overlap) can see exactly when the lock was used.
+//!
+//! Its settings ([`config`]) live beside it; `herald cleanup` (in the CLI)
+//! runs one [`Cleanup::tick`] or a [`dry_run`].
+
+pub mod config;
 
 use std::fmt;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,12 +38,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{CleanupCmdArgs, CleanupConfig, Settings};
 use crate::lock::{LockError, Redlock};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::store::prune::{self, Retention};
 use crate::store::status::due_backlog_on;
 use crate::store::Store;
+
+pub use config::CleanupConfig;
 
 /// The fleet-wide lock key (under `HERALD_KEY_PREFIX`).
 pub const LOCK_KEY: &str = "cleanup";
@@ -140,11 +145,7 @@ impl Cleanup {
     }
 
     pub fn retention(&self) -> Retention {
-        Retention {
-            sent: self.cfg.retention_sent,
-            failed: self.cfg.retention_failed,
-            expired: self.cfg.retention_expired,
-        }
+        self.cfg.retention
     }
 
     /// Ticks every interval until `shutdown`. The first tick comes after a
@@ -332,58 +333,29 @@ impl Cleanup {
     }
 }
 
-/// `herald cleanup --once [--dry-run]`: one pass under the same lock and
-/// gate as the workers' ticks, or with `--dry-run` a count of what a pass
-/// would delete (no lock needed: nothing is written). Prints one line.
-pub async fn run_once(settings: Settings, args: CleanupCmdArgs) -> anyhow::Result<ExitCode> {
-    let cfg = args.cleanup.validate()?;
-    let store = Store::connect(&settings.database_url, 2).await?;
-    if args.dry_run {
-        let retention = Retention {
-            sent: cfg.retention_sent,
-            failed: cfg.retention_failed,
-            expired: cfg.retention_expired,
-        };
-        let mut conn = store.pool().acquire().await?;
-        let eligible = prune::count_eligible(&mut conn, &retention).await?;
-        let backlog = due_backlog_on(&mut conn, Some(cfg.max_backlog.saturating_add(1))).await?;
-        let parts: Vec<String> = eligible
-            .by_status
-            .iter()
-            .map(|(s, n)| format!("{s} {n}"))
-            .collect();
-        let gate = if backlog > cfg.max_backlog {
-            format!(
-                "a pass now would be skipped (backlog {backlog} > {})",
-                cfg.max_backlog
-            )
-        } else {
-            format!("backlog {backlog} <= {}", cfg.max_backlog)
-        };
-        println!(
-            "dry run: would delete {} ({}); {gate}",
-            eligible.total(),
-            parts.join(", ")
-        );
-        drop(conn);
-        store.close().await;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let redlock = crate::app::redlock(&settings).await?;
-    let cleanup = Cleanup::new(store.clone(), redlock, Metrics::new(), cfg);
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
-    });
-    let outcome = cleanup.tick(&shutdown).await;
-    store.close().await;
-    let outcome = outcome?;
-    println!("{outcome}");
-    Ok(match outcome {
-        Outcome::Ran { .. } | Outcome::Skipped { .. } => ExitCode::SUCCESS,
-        Outcome::LockHeld | Outcome::LockUnavailable(_) => ExitCode::FAILURE,
-    })
+/// What a pass now would delete, per status, and whether the backlog gate
+/// would let it run: the line `herald cleanup --dry-run` prints. Takes no
+/// lock: nothing is written.
+pub async fn dry_run(store: &Store, cfg: &CleanupConfig) -> anyhow::Result<String> {
+    let mut conn = store.pool().acquire().await?;
+    let eligible = prune::count_eligible(&mut conn, &cfg.retention).await?;
+    let backlog = due_backlog_on(&mut conn, Some(cfg.max_backlog.saturating_add(1))).await?;
+    let parts: Vec<String> = eligible
+        .by_status
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    let gate = if backlog > cfg.max_backlog {
+        format!(
+            "a pass now would be skipped (backlog {backlog} > {})",
+            cfg.max_backlog
+        )
+    } else {
+        format!("backlog {backlog} <= {}", cfg.max_backlog)
+    };
+    Ok(format!(
+        "dry run: would delete {} ({}); {gate}",
+        eligible.total(),
+        parts.join(", ")
+    ))
 }

@@ -13,9 +13,10 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
 use crate::cleanup::Cleanup;
+use crate::config::WorkerConfig;
 use crate::http::{self, HttpState};
+use crate::services::Deps;
 use crate::worker::WorkerHandle;
 
 /// How long [`Companions::stop`] waits for a task (an HTTP client holding a
@@ -30,19 +31,20 @@ pub struct Companions {
     http_stop: CancellationToken,
 }
 
-/// Starts the companions configured for `app`. Fails only if the HTTP
-/// address cannot be bound, so a port clash stops the process at start-up
-/// instead of leaving it running without health checks.
+/// Starts the companions `config` asks for, on the services in `deps`.
+/// Fails only if the HTTP address cannot be bound, so a port clash stops
+/// the process at start-up instead of leaving it running without health
+/// checks.
 pub async fn spawn(
-    app: &App,
+    deps: &Deps,
+    config: &WorkerConfig,
     worker: WorkerHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Companions> {
     let stop = shutdown.child_token();
     let http_stop = CancellationToken::new();
     let mut tasks = Vec::new();
-    let deps = &app.deps;
-    if let Some(addr) = app.config.http_addr {
+    if let Some(addr) = config.http_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("HERALD_HTTP_ADDR {addr}: cannot listen"))?;
@@ -51,8 +53,8 @@ pub async fn spawn(
         let state = HttpState {
             deps: deps.clone(),
             worker,
-            health_timeout: app.config.health_timeout,
-            stale_after: http::stale_after(app.config.poll_interval),
+            health_timeout: config.health_timeout,
+            stale_after: http::stale_after(config.poll_interval),
             shutdown: shutdown.clone(),
         };
         tasks.push((
@@ -60,7 +62,7 @@ pub async fn spawn(
             tokio::spawn(http::serve(listener, state, http_stop.clone())),
         ));
     }
-    if let Some(cfg) = &app.config.cleanup {
+    if let Some(cfg) = &config.cleanup {
         let cleanup = Cleanup::new(
             deps.store.clone(),
             deps.redlock.clone(),
@@ -69,7 +71,7 @@ pub async fn spawn(
         );
         tasks.push(("cleanup", tokio::spawn(cleanup.run(stop.clone()))));
     }
-    if let Some(window) = app.config.stats_interval {
+    if let Some(window) = config.stats_interval {
         tasks.push((
             "stats",
             tokio::spawn(crate::stats::run(

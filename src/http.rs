@@ -18,7 +18,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::{Deps, WorkerHandle};
+use crate::services::Deps;
+use crate::worker::WorkerHandle;
 
 /// OpenMetrics is what prometheus-client writes (it ends with `# EOF`).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

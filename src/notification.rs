@@ -385,13 +385,10 @@ fn validate_name(field: &'static str, v: &str, max: usize) -> Result<(), FieldEr
             format!("{} bytes is longer than {max}", v.len()),
         ));
     }
-    if let Some(c) = v
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
+    if let Some(c) = crate::name::first_bad_char(v) {
         return Err(FieldError::new(
             field,
-            format!("{v:?} contains {c:?}; use letters, digits, '_', '-' or '.'"),
+            format!("{v:?} contains {c:?}; use {}", crate::name::ALLOWED),
         ));
     }
     Ok(())

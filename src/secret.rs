@@ -78,14 +78,70 @@ impl SecretUrl {
 
     /// The URL with the password (if any) replaced by `***`.
     pub fn redacted(&self) -> String {
-        let mut shown = self.url.clone();
-        if shown.password().is_some() {
-            // set_password only fails for URLs that cannot have credentials,
-            // and those cannot have a password to hide either.
-            let _ = shown.set_password(Some("***"));
-        }
-        shown.to_string()
+        redact_url(&self.url)
     }
+}
+
+/// A parsed URL with its password (if any) replaced by `***`: the one
+/// redaction every typed URL in Herald goes through.
+pub fn redact_url(url: &url::Url) -> String {
+    if url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    // set_password only fails for URLs that cannot have credentials, and
+    // those cannot have a password to hide either.
+    let _ = shown.set_password(Some("***"));
+    shown.to_string()
+}
+
+/// Byte ranges of `raw` that may be URL credentials, for echoing raw setting
+/// text that may not parse as a URL at all.
+///
+/// Raw input cannot be trusted to follow URL syntax: a password may hold
+/// `/`, `#` or `,` (which ends a list entry), so the authority cannot be
+/// found the way a URL parser would. Instead, everything between a `://`
+/// and the last `@` before the next `://` counts as user info
+/// and is hidden whole (user names too: a bare token has no `:`). This
+/// over-redacts a path holding an `@`, which is the safe way to be wrong.
+pub fn secret_spans(raw: &str) -> Vec<std::ops::Range<usize>> {
+    let starts: Vec<usize> = raw.match_indices("://").map(|(i, _)| i + 3).collect();
+    let mut spans = Vec::new();
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).map_or(raw.len(), |&next| next - 3);
+        let Some(at) = raw[start..end].rfind('@') else {
+            continue;
+        };
+        if at > 0 {
+            spans.push(start..start + at);
+        }
+    }
+    spans
+}
+
+/// `text` (which starts at byte `offset` of the raw value the spans were
+/// computed on) with every byte inside `spans` shown as `***`.
+pub fn mask(text: &str, offset: usize, spans: &[std::ops::Range<usize>]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut masked = false;
+    for (i, c) in text.char_indices() {
+        if spans.iter().any(|s| s.contains(&(offset + i))) {
+            if !masked {
+                out.push_str("***");
+            }
+            masked = true;
+        } else {
+            out.push(c);
+            masked = false;
+        }
+    }
+    out
+}
+
+/// Raw setting text with anything that may be a URL credential replaced by
+/// `***`; see [`secret_spans`].
+pub fn redact_text(raw: &str) -> String {
+    mask(raw, 0, &secret_spans(raw))
 }
 
 impl fmt::Display for SecretUrl {
@@ -119,6 +175,29 @@ mod tests {
         assert!(u.expose().contains("hunter2"));
         let s = SecretString::new("whsec_abc".into());
         assert!(!format!("{s}{s:?}").contains("abc"));
+    }
+
+    #[test]
+    fn raw_text_hides_credentials_of_any_shape() {
+        for (raw, secret) in [
+            ("x=webhook:http://u:S3cr3t/pw@127.0.0.1/h", "S3cr3t"),
+            ("x=webhook:http://u:S3#cr3t@127.0.0.1/h", "cr3t"),
+            ("redis://:hunter2@a:6379,redis://b", "hunter2"),
+            ("https://tok3n@h/x", "tok3n"),
+            ("mysql://u:p@ssw0rd@h/db", "ssw0rd"),
+        ] {
+            let shown = redact_text(raw);
+            assert!(!shown.contains(secret), "{raw} -> {shown}");
+            assert!(shown.contains("***"), "{raw} -> {shown}");
+        }
+        assert_eq!(redact_text("a=log,b=file:/tmp/x"), "a=log,b=file:/tmp/x");
+        // A password with a comma: the first entry's share is masked too.
+        let raw = "x=webhook:http://u:S3c,r3t@h/";
+        let spans = secret_spans(raw);
+        assert_eq!(
+            mask("x=webhook:http://u:S3c", 0, &spans),
+            "x=webhook:http://***"
+        );
     }
 
     #[test]

@@ -12,8 +12,9 @@ use super::fleet::{Fleet, FleetEnv};
 use super::receiver::Receiver;
 use super::report::{round, Report};
 use super::workload::{self, BenchDb};
+use super::BenchScenario;
 use super::Params;
-use crate::config::{BenchScenario, Settings};
+use crate::config::Settings;
 use crate::store::Store;
 
 /// How long stopped workers get to drain and exit.

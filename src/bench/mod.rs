@@ -6,8 +6,10 @@
 //! enqueued before timing; W worker child processes (this same binary) are
 //! started and timed until all M rows are finished; then the workers get
 //! SIGTERM and the delivered ids are checked for duplicates and losses.
-//! Results go to stdout as one JSON line per run, progress to stderr.
+//! Results go to stdout, one per run: a JSON line with `--json`, a short
+//! summary without; progress goes to stderr.
 //!
+//! * [`args`] — the `herald bench` flags and scenarios.
 //! * [`workload`] — the database of one run and the bulk inserts.
 //! * [`fleet`] — the worker child processes (killed on drop).
 //! * [`drain`] — S1/S2/webhook/cleanup: enqueue, start, time, stop, check.
@@ -19,6 +21,7 @@
 //!   database's bound on S1.
 //! * [`report`] — the JSON line.
 
+pub mod args;
 pub mod ceiling;
 pub mod cleanup;
 pub mod delivered;
@@ -32,7 +35,10 @@ pub mod workload;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::config::{BenchArgs, BenchScenario, ConfigError, Settings};
+use crate::config::Settings;
+use crate::setting::ConfigError;
+
+pub use args::{BenchArgs, BenchScenario};
 
 /// The resolved parameters of one invocation.
 #[derive(Debug, Clone)]
@@ -50,31 +56,14 @@ pub struct Params {
     pub cleanup_max_backlog: u64,
     pub timeout: Duration,
     pub keep: bool,
+    /// `--json`: one JSON line per run instead of a summary.
+    pub json: bool,
 }
 
 impl Params {
     /// Scenario defaults, then the overrides.
     pub fn resolve(args: &BenchArgs) -> Result<Params, ConfigError> {
-        let scenario =
-            match (args.what, args.scenario) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(ConfigError::new(
-                        "herald bench",
-                        "--scenario",
-                        format!(
-                            "{} contradicts the positional argument {}",
-                            b.name(),
-                            a.name()
-                        ),
-                    ))
-                }
-                (Some(a), _) | (None, Some(a)) => a,
-                (None, None) => return Err(ConfigError::new(
-                    "herald bench",
-                    "--scenario",
-                    "say what to measure: herald bench <locks|s1|s2|webhook|lag|cleanup|ceiling>",
-                )),
-            };
+        let scenario = args.scenario;
         // (M, W, C, L) of each scenario.
         let (m, ws, c, l_ms, seconds) = match scenario {
             BenchScenario::S2 => (20_000, vec![1, 2, 4], 50, 20, 0),
@@ -141,6 +130,7 @@ impl Params {
             cleanup_max_backlog: args.cleanup_max_backlog,
             timeout: Duration::from_secs(args.timeout_s.max(1)),
             keep: args.keep,
+            json: args.json,
         })
     }
 }
@@ -159,7 +149,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode
             for &w in &params.ws {
                 let out = drain::run(&settings, &params, w, &drain::Extras::default()).await?;
                 clean &= out.report.is_clean();
-                report::emit(&out.report)?;
+                report::emit(&out.report, params.json)?;
             }
             clean
         }
@@ -168,7 +158,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode
             for &w in &params.ws {
                 let r = lag::run(&settings, &params, w).await?;
                 clean &= r.is_clean();
-                report::emit(&r)?;
+                report::emit(&r, params.json)?;
             }
             clean
         }
@@ -177,7 +167,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode
             for &streams in &params.ws {
                 let r = ceiling::run(&settings, &params, streams).await?;
                 clean &= r.is_clean();
-                report::emit(&r)?;
+                report::emit(&r, params.json)?;
             }
             clean
         }
@@ -186,7 +176,7 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode
             for &w in &params.ws {
                 let r = cleanup::run(&settings, &params, w).await?;
                 clean &= r.is_clean();
-                report::emit(&r)?;
+                report::emit(&r, params.json)?;
             }
             clean
         }

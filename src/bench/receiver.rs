@@ -1,5 +1,5 @@
 //! The webhook scenario's receiver: waits L ms (precisely, like the file
-//! transport: see `transport::precise_sleep`), records the id, answers 200.
+//! transport: see `transport::file::latency`), records the id, answers 200.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +78,7 @@ async fn handle(State(inner): State<Arc<Inner>>, body: Bytes) -> StatusCode {
         return StatusCode::BAD_REQUEST;
     };
     if !inner.latency.is_zero() {
-        crate::transport::precise_sleep::sleep(inner.latency).await;
+        crate::transport::file::latency::sleep(inner.latency).await;
     }
     if let Ok(mut ids) = inner.ids.lock() {
         ids.push(body.id);

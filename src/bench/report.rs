@@ -1,4 +1,4 @@
-//! The JSON line a run prints on stdout.
+//! What a run prints on stdout: one JSON line (`--json`) or a summary.
 
 use std::io::Write;
 
@@ -49,8 +49,31 @@ pub fn round(x: f64, decimals: i32) -> f64 {
     (x * f).round() / f
 }
 
-pub fn emit(report: &Report) -> anyhow::Result<()> {
-    print_line(report)
+/// Prints one run's result: the JSON line with `--json`, else a summary.
+pub fn emit(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_line(report);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", summary(report))?;
+    out.flush()?;
+    Ok(())
+}
+
+/// One line for people: the shape of the run, its rate and whether every
+/// row went out exactly once.
+pub fn summary(r: &Report) -> String {
+    let mut line = format!(
+        "{}: M={} W={} C={} L={}ms: {:.0} jobs/s in {:.2} s, dupes {}, lost {}, peak RSS {:.1} MiB",
+        r.scenario, r.m, r.w, r.c, r.l_ms, r.jobs_per_s, r.wall_s, r.dupes, r.lost, r.peak_rss_mib
+    );
+    if let Some(ratio) = r.ideal_ratio {
+        line.push_str(&format!(", {:.0}% of W·C/L", ratio * 100.0));
+    }
+    if !r.is_clean() {
+        line.push_str(" (NOT CLEAN)");
+    }
+    line
 }
 
 /// One compact JSON line on stdout, flushed at once (a script may be

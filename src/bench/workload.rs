@@ -116,7 +116,7 @@ pub async fn enqueue(
     region: &str,
     send_at: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    debug_assert!(is_plain(channel) && is_plain(region));
+    debug_assert!(crate::name::is_valid(channel) && crate::name::is_valid(region));
     let at = sql_time(send_at);
     let mut n = first;
     let end = first + count;
@@ -145,8 +145,6 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// Inserts `count` rows already `sent` long ago (finished two days before
-/// now), for the cleanup scenario. Returns the largest id they got.
 /// Flushes the table's dirty pages before the clock starts. Without this
 /// the timed run shares the disk and CPU with the server writing back what
 /// the (untimed) set-up just inserted, and a scenario with more set-up rows
@@ -163,8 +161,10 @@ pub async fn settle(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Inserts `count` rows already `sent` long ago (finished two days before
+/// now), for the cleanup scenario. Returns the largest id they got.
 pub async fn insert_old_sent(store: &Store, count: u64, region: &str) -> anyhow::Result<u64> {
-    debug_assert!(is_plain(region));
+    debug_assert!(crate::name::is_valid(region));
     let finished = Utc::now() - chrono::Duration::days(2);
     let (sent, fin) = (
         sql_time(finished - chrono::Duration::seconds(1)),
@@ -243,9 +243,4 @@ pub async fn count_up_to(store: &Store, max_id: u64) -> anyhow::Result<u64> {
         .fetch_one(store.pool())
         .await?;
     Ok(n as u64)
-}
-
-fn is_plain(s: &str) -> bool {
-    s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }

@@ -7,6 +7,11 @@ use std::time::Duration;
 use super::error::LockConfigError;
 use crate::secret::SecretUrl;
 
+/// Default of [`LockConfig::master_timeout`] and of
+/// `HERALD_LOCK_MASTER_TIMEOUT_MS`: one place, so the library and the binary
+/// cannot drift apart.
+pub const DEFAULT_MASTER_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Settings of one [`Redlock`](super::Redlock).
 #[derive(Clone)]
 pub struct LockConfig {
@@ -45,7 +50,7 @@ impl Default for LockConfig {
         Self {
             masters: Vec::new(),
             key_prefix: "herald:".into(),
-            master_timeout: Duration::from_millis(50),
+            master_timeout: DEFAULT_MASTER_TIMEOUT,
             pool_size: 1,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(1),

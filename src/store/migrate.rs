@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use sqlx::migrate::{Migrate, Migrator};
-use sqlx::{Connection, MySqlConnection};
+use sqlx::Connection;
 
 use crate::secret::SecretUrl;
 
@@ -52,9 +52,7 @@ impl std::fmt::Display for MigrateReport {
 pub async fn migrate(url: &SecretUrl) -> anyhow::Result<MigrateReport> {
     let database_created = create_database_if_missing(url).await?;
     let options = super::connect_options(url)?;
-    let mut conn = MySqlConnection::connect_with(&options)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let mut conn = super::connect::probe(url, &options).await?;
 
     conn.ensure_migrations_table()
         .await
@@ -90,9 +88,7 @@ async fn create_database_if_missing(url: &SecretUrl) -> anyhow::Result<bool> {
     server.set_path("");
     let server = SecretUrl::parse(server.as_str()).map_err(anyhow::Error::msg)?;
     let options = super::connect_options(&server)?;
-    let mut conn = MySqlConnection::connect_with(&options)
-        .await
-        .with_context(|| format!("connecting to MySQL server {server}"))?;
+    let mut conn = super::connect::probe(&server, &options).await?;
     let exists: Option<String> = sqlx::query_scalar(
         "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
     )
@@ -134,10 +130,15 @@ pub fn database_name(url: &SecretUrl) -> anyhow::Result<String> {
 /// failing every poll.
 pub async fn check_applied(pool: &sqlx::MySqlPool) -> anyhow::Result<()> {
     let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
             .fetch_all(pool)
             .await
-            .unwrap_or_default();
+        {
+            Ok(applied) => applied,
+            // Never migrated: every migration is missing, said below.
+            Err(e) if super::connect::is_missing_table(&e) => Vec::new(),
+            Err(e) => return Err(e).context("reading the applied migrations"),
+        };
     let missing: Vec<String> = MIGRATOR
         .iter()
         .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))

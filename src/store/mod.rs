@@ -4,6 +4,7 @@
 //! to send a row, the fenced `UPDATE`s in [`claim`] decide who *may*. Each
 //! submodule owns one group of statements:
 //!
+//! * [`connect`] — opens connections and names why one could not be opened.
 //! * [`migrate`] — creates the database and applies the embedded migrations.
 //! * [`enqueue`] — validated, batched, idempotent inserts.
 //! * [`claim`] — the candidate, claim, finish and hand-back statements of the
@@ -16,6 +17,7 @@
 //! instances whose clocks drift still agree on when a lease expired.
 
 pub mod claim;
+pub mod connect;
 pub mod enqueue;
 mod literal;
 pub mod migrate;
@@ -37,9 +39,15 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects a pool. The URL's password never appears in the error.
+    /// Connects a pool. One connection is opened by hand first, so a server
+    /// that is down, a wrong password or a missing database fails at once
+    /// with its cause ([`connect::ConnectError`]) instead of the pool's
+    /// "timed out" after retrying. The URL's password never appears in the
+    /// error.
     pub async fn connect(url: &SecretUrl, max_connections: u32) -> anyhow::Result<Store> {
         let options = connect_options(url)?;
+        let probe = connect::probe(url, &options).await?;
+        sqlx::Connection::close(probe).await.ok();
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use super::TransportConfigError;
 
@@ -39,7 +38,7 @@ impl fmt::Debug for ChannelKind {
         match self {
             ChannelKind::Webhook { url } => f
                 .debug_struct("Webhook")
-                .field("url", &url.as_ref().map(redact_url))
+                .field("url", &url.as_ref().map(crate::secret::redact_url))
                 .finish(),
             ChannelKind::Log => f.write_str("Log"),
             ChannelKind::File { path } => f.debug_struct("File").field("path", path).finish(),
@@ -53,32 +52,26 @@ impl fmt::Debug for ChannelSpec {
     }
 }
 
-/// The whole `HERALD_CHANNELS` value as one type, so clap can parse it with
-/// `FromStr` without treating it as a multi-value `Vec` argument.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChannelList(pub Vec<ChannelSpec>);
-
-impl FromStr for ChannelList {
-    type Err = TransportConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_channels(s).map(ChannelList)
-    }
-}
-
 /// Parses `HERALD_CHANNELS`. Blank entries (a trailing comma, an empty value)
 /// are skipped; entry numbers in errors count from 1 over the raw split so
 /// they match what the operator sees.
 pub fn parse_channels(s: &str) -> Result<Vec<ChannelSpec>, TransportConfigError> {
+    // Computed over the whole value: a password holding a comma spreads
+    // over two entries, and both halves must stay hidden.
+    let secrets = crate::secret::secret_spans(s);
     let mut out: Vec<ChannelSpec> = Vec::new();
+    let mut offset = 0;
     for (i, raw) in s.split(',').enumerate() {
+        let start = offset + (raw.len() - raw.trim_start().len());
+        offset += raw.len() + 1;
         let entry = raw.trim();
         if entry.is_empty() {
             continue;
         }
         let fail = |problem: String| TransportConfigError::Channels {
             entry: i + 1,
-            text: redact_entry(entry),
-            problem,
+            text: crate::secret::mask(entry, start, &secrets),
+            problem: hide_fragments(&problem, entry, start, &secrets),
         };
         let spec = parse_entry(entry).map_err(fail)?;
         if out.iter().any(|c| c.name == spec.name) {
@@ -89,6 +82,27 @@ pub fn parse_channels(s: &str) -> Result<Vec<ChannelSpec>, TransportConfigError>
     Ok(out)
 }
 
+/// A problem may quote part of its entry (a name, a kind); any quoted part
+/// that lies inside a secret span is replaced too.
+fn hide_fragments(
+    problem: &str,
+    entry: &str,
+    start: usize,
+    secrets: &[std::ops::Range<usize>],
+) -> String {
+    let mut shown = problem.to_owned();
+    for span in secrets {
+        let from = span.start.max(start);
+        let to = span.end.min(start + entry.len());
+        if from < to {
+            if let Some(fragment) = entry.get(from - start..to - start) {
+                shown = shown.replace(fragment, "***");
+            }
+        }
+    }
+    shown
+}
+
 fn parse_entry(entry: &str) -> Result<ChannelSpec, String> {
     let (name, rest) = entry
         .split_once('=')
@@ -97,10 +111,7 @@ fn parse_entry(entry: &str) -> Result<ChannelSpec, String> {
     if name.is_empty() {
         return Err("the channel name is empty".into());
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
+    if let Some(c) = crate::name::first_bad_char(name) {
         return Err(format!(
             "channel name contains {c:?} (allowed: letters, digits, _ - .)"
         ));
@@ -141,7 +152,7 @@ fn parse_entry(entry: &str) -> Result<ChannelSpec, String> {
 
 /// Accepts only absolute http(s) URLs: anything else would fail on every
 /// delivery, and failing at start-up is far easier to notice.
-pub(crate) fn parse_webhook_url(s: &str) -> Result<url::Url, String> {
+pub fn parse_webhook_url(s: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
@@ -153,43 +164,4 @@ pub(crate) fn parse_webhook_url(s: &str) -> Result<url::Url, String> {
         return Err("the URL has no host".into());
     }
     Ok(url)
-}
-
-/// The URL with any password replaced by `***`.
-pub(crate) fn redact_url(url: &url::Url) -> String {
-    if url.password().is_none() {
-        return url.to_string();
-    }
-    let mut shown = url.clone();
-    let _ = shown.set_password(Some("***"));
-    shown.to_string()
-}
-
-/// Hides `user:password@` in an entry echoed in an error, even when the URL
-/// itself did not parse.
-fn redact_entry(entry: &str) -> String {
-    let Some(start) = entry.find("://").map(|i| i + 3) else {
-        return entry.to_owned();
-    };
-    let authority_end = entry[start..]
-        .find(['/', '?', '#'])
-        .map_or(entry.len(), |i| start + i);
-    match entry[start..authority_end].rfind('@') {
-        Some(at) => format!("{}***{}", &entry[..start], &entry[start + at..]),
-        None => entry.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_credentials_in_echoed_entries() {
-        assert_eq!(
-            redact_entry("a=webhook:https://u:p@h/x@y"),
-            "a=webhook:https://***@h/x@y"
-        );
-        assert_eq!(redact_entry("a=log"), "a=log");
-    }
 }

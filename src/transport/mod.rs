@@ -18,7 +18,9 @@
 //! * **log** — one JSON line per delivery on stdout, for development.
 //! * **file** — one JSON line per delivery appended to a file, each line with a
 //!   single `write(2)` on an `O_APPEND` descriptor, so many tasks and several
-//!   processes can share one file. Used by the benchmark.
+//!   processes can share one file. `HERALD_FILE_LATENCY_MS` makes it wait
+//!   that long before each write, a stand-in for a slow receiver ([`file::latency`]).
+//!   Used by the benchmark.
 //!
 //! # Channels: `HERALD_CHANNELS`
 //!
@@ -49,12 +51,19 @@
 //!
 //! A bad entry is rejected at start-up with its position and text, e.g.
 //! `HERALD_CHANNELS: entry 2 "sms=carrier-pigeon": unknown transport
-//! "carrier-pigeon" (expected webhook, log, file)`.
+//! "carrier-pigeon" (expected webhook, log, file)`; any URL credentials in
+//! the echoed text are shown as `***`, whatever the URL's shape.
+//!
+//! # Modules
+//!
+//! * `channels` — parsing `HERALD_CHANNELS` and the webhook URL rule;
+//! * `webhook`, `log`, [`file`](mod@file) — the transports (the file channel's
+//!   simulated latency is [`file::latency`]);
+//! * `signature` — Standard Webhooks signing and verification.
 
 mod channels;
-mod file;
+pub mod file;
 mod log;
-pub mod precise_sleep;
 mod signature;
 mod webhook;
 
@@ -68,7 +77,7 @@ use serde_json::value::RawValue;
 
 use crate::secret::SecretString;
 
-pub use channels::{parse_channels, ChannelKind, ChannelList, ChannelSpec};
+pub use channels::{parse_channels, parse_webhook_url, ChannelKind, ChannelSpec};
 pub use file::FileTransport;
 pub use log::LogTransport;
 pub use signature::{decode_secret, verify_signature, SecretError, Signer, SECRET_PREFIX};

@@ -10,8 +10,8 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::channels::redact_url;
 use super::{Delivery, SendOutcome, Signer, Transport};
+use crate::secret::redact_url;
 
 /// Idle connections kept per host. The worker runs up to `HERALD_CONCURRENCY`
 /// sends at once against usually one host; a pool smaller than that would

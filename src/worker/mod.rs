@@ -21,7 +21,6 @@
 pub mod backoff;
 pub mod finish;
 pub mod poll;
-pub mod process;
 pub mod send;
 pub(crate) mod spread;
 
@@ -33,21 +32,8 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
-use crate::lock::Redlock;
-use crate::metrics::Metrics;
-use crate::store::Store;
-use crate::transport::Transports;
 
-pub use process::{bench, cleanup_once, run_process};
-
-/// What a worker needs from the outside world.
-#[derive(Debug, Clone)]
-pub struct Deps {
-    pub store: Store,
-    pub redlock: Redlock,
-    pub transports: Transports,
-    pub metrics: Arc<Metrics>,
-}
+pub use crate::services::Deps;
 
 /// Totals over a worker's life, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

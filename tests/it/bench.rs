@@ -82,3 +82,21 @@ fn bench_ceiling_replays_the_protocol_without_workers() {
         }
     }
 }
+
+/// Without `--json`, a run prints a short summary for people.
+#[test]
+fn bench_without_json_prints_a_summary_per_run() {
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .args(["bench", "ceiling", "--m", "500", "--w", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running herald bench ceiling");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(lines[0].starts_with("ceiling: M=500 W=1"), "{stdout}");
+    assert!(lines[0].contains("dupes 0, lost 0"), "{stdout}");
+    assert!(serde_json::from_str::<serde_json::Value>(lines[0]).is_err());
+}

@@ -808,3 +808,56 @@ async fn metrics_parse_and_counters_move_as_notifications_are_sent() {
     assert_eq!(after.get("herald_failed_total"), 0.0);
     assert_eq!(db.count_status("sent").await, 5);
 }
+
+/// `herald cleanup` does its one pass without `--once` (one pass is the only
+/// mode); `--once` is still accepted for old scripts but no longer shown.
+#[tokio::test]
+async fn cleanup_runs_one_pass_without_once_and_still_accepts_it() {
+    require_redis().await;
+    let db = TestDb::new().await;
+    db.exec(
+        "INSERT INTO notifications (user_id, channel, region, payload, send_at, due_at, \
+         status, attempts, finished_at, created_at) VALUES \
+         (1,'log','default','{}',UTC_TIMESTAMP() - INTERVAL 3 DAY,UTC_TIMESTAMP() - INTERVAL 3 DAY,\
+          'sent',1,UTC_TIMESTAMP() - INTERVAL 2 DAY,UTC_TIMESTAMP() - INTERVAL 3 DAY),\
+         (2,'log','default','{}',UTC_TIMESTAMP() - INTERVAL 3 DAY,UTC_TIMESTAMP() - INTERVAL 3 DAY,\
+          'sent',1,UTC_TIMESTAMP() - INTERVAL 2 DAY,UTC_TIMESTAMP() - INTERVAL 3 DAY)",
+    )
+    .await;
+    let prefix = key_prefix();
+    let run = |args: &[&str]| {
+        herald(Some(&db))
+            .env("HERALD_KEY_PREFIX", &prefix)
+            .env("HERALD_RETENTION_SENT", "1d")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let dry = run(&["cleanup", "--once", "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert!(
+        text(&dry.stdout).contains("would delete 2"),
+        "{}",
+        text(&dry.stdout)
+    );
+    let pass = run(&["cleanup"]);
+    assert!(pass.status.success(), "{}", text(&pass.stderr));
+    assert!(
+        text(&pass.stdout).contains("deleted 2 in"),
+        "{}",
+        text(&pass.stdout)
+    );
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM notifications").await, 0);
+
+    let help = text(&run(&["cleanup", "--help"]).stdout);
+    assert!(help.contains("--dry-run"), "{help}");
+    for worker_only in [
+        "--once",
+        "--cleanup-interval-s",
+        "--cleanup <",
+        "--concurrency",
+    ] {
+        assert!(!help.contains(worker_only), "{worker_only} in:\n{help}");
+    }
+}

@@ -395,3 +395,229 @@ async fn a_worker_on_an_unmigrated_database_says_to_run_migrate() {
     let err = text(&out.stderr);
     assert!(err.contains("run `herald migrate` first"), "{err}");
 }
+
+/// Issue 13 item 6: whatever shape a URL-bearing setting has (a password
+/// holding `/`, `#`, `,` or `@`, a URL that does not parse), no error
+/// printed by the binary may contain the password.
+#[tokio::test]
+async fn no_error_prints_a_password_whatever_the_url_shape() {
+    // (password pieces that must not appear, URL with the password in it)
+    let shapes: &[(&[&str], &str)] = &[
+        (&["S3cr3t"], "//u:S3cr3t/pw@127.0.0.1:1/h"),
+        (&["S3#cr3t", "cr3t"], "//u:S3#cr3t@127.0.0.1:1/h"),
+        (&["S3c", "r3tX"], "//u:S3c,r3tX@127.0.0.1:1/h"),
+        (&["p@ssw0rd", "ssw0rd"], "//u:p@ssw0rd@127.0.0.1:1/h"),
+        (&["S3cr3t"], "//u:S3cr3t@127.0.0.1:1/h"),
+        (&["S3cr3t"], "//u:S3cr3t@/h"),
+    ];
+    for (secrets, shape) in shapes {
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("HERALD_DATABASE_URL", format!("mysql:{shape}"), "status"),
+            ("HERALD_DATABASE_URL", format!("mysql:{shape}"), "migrate"),
+            ("HERALD_REDIS_URLS", format!("redis:{shape}"), "status"),
+            (
+                "HERALD_REDIS_URLS",
+                format!("redis://127.0.0.1:1,redis:{shape}"),
+                "worker",
+            ),
+            ("HERALD_WEBHOOK_URL", format!("http:{shape}"), "worker"),
+            (
+                "HERALD_CHANNELS",
+                format!("x=webhook:http:{shape}"),
+                "worker",
+            ),
+            (
+                "HERALD_CHANNELS",
+                format!("a=log,x=webhook:https:{shape},b=log"),
+                "worker",
+            ),
+        ];
+        for (env, value, command) in cases {
+            let out = herald(None)
+                // Anything that gets past validation fails fast here.
+                .env("HERALD_DATABASE_URL", "mysql://root@127.0.0.1:1/herald")
+                .env("HERALD_HTTP_ADDR", "")
+                .env(env, &value)
+                .arg(command)
+                .output()
+                .unwrap();
+            let err = text(&out.stderr);
+            assert!(!out.status.success(), "{env}={value} {command}: {err}");
+            for secret in *secrets {
+                assert!(
+                    !err.contains(secret),
+                    "{env}={value} {command} printed {secret:?}: {err}"
+                );
+            }
+        }
+    }
+}
+
+/// Issue 13 item 7: a retention too large to compute with used to wrap
+/// around to a few hours, so cleanup would have deleted fresh rows.
+#[tokio::test]
+async fn retention_past_100_years_exits_2_naming_the_setting() {
+    for (env, value) in [
+        ("HERALD_RETENTION_SENT", "213503982334602d"),
+        ("HERALD_RETENTION_FAILED", "36501d"),
+        ("HERALD_RETENTION_EXPIRED", "99999999999999999999999"),
+    ] {
+        for command in [&["cleanup", "--dry-run"][..], &["worker"][..]] {
+            let out = herald(None).env(env, value).args(command).output().unwrap();
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{env}={value}: {err}");
+            assert!(err.contains(env), "{env}={value}: {err}");
+            assert!(err.contains("100 years"), "{env}={value}: {err}");
+        }
+    }
+    let db = TestDb::new().await;
+    let out = herald(Some(&db))
+        .env("HERALD_RETENTION_SENT", "36500d")
+        .args(["cleanup", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("would delete 0"));
+}
+
+/// Issue 13 item 8: a closed database port used to cost 10 s and end in
+/// "pool timed out while waiting for an open connection".
+#[tokio::test]
+async fn a_closed_database_port_fails_at_once_with_the_cause_once() {
+    let port = {
+        // A port nothing listens on: bound, then released.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("mysql://root@127.0.0.1:{port}/herald");
+    for command in ["status", "migrate", "enqueue", "worker", "cleanup"] {
+        let started = std::time::Instant::now();
+        let out = herald(None)
+            .env("HERALD_DATABASE_URL", &url)
+            .env("HERALD_HTTP_ADDR", "")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{command} took {:?}: {err}",
+            started.elapsed()
+        );
+        assert!(err.contains("connection refused"), "{command}: {err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}")),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("pool timed out"), "{command}: {err}");
+        assert!(err.matches("os error").count() <= 1, "{command}: {err}");
+        assert!(err.matches("refused").count() == 1, "{command}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_database_says_to_run_migrate() {
+    let db = DbName::new();
+    for command in ["status", "enqueue", "worker", "cleanup"] {
+        let out = herald(None)
+            .env("HERALD_DATABASE_URL", db.url.expose())
+            .env("HERALD_HTTP_ADDR", "")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(err.contains("Unknown database"), "{command}: {err}");
+        assert!(err.contains("run `herald migrate`"), "{command}: {err}");
+        assert_eq!(
+            err.matches("Unknown database").count(),
+            1,
+            "{command}: {err}"
+        );
+    }
+}
+
+/// Ranges are checked by clap now; the error still names the variable and
+/// the flag, and exits 2, for every command's settings.
+#[tokio::test]
+async fn out_of_range_settings_of_every_command_exit_2_naming_the_variable() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("HERALD_DB_POOL_SIZE", "0", &["status"]),
+        ("HERALD_LOCK_MASTER_TIMEOUT_MS", "60001", &["status"]),
+        ("HERALD_MAX_PAYLOAD_BYTES", "0", &["enqueue"]),
+        ("HERALD_CLEANUP_BATCH", "0", &["cleanup"]),
+        ("HERALD_CLEANUP_MAX_TICK_S", "86401", &["worker"]),
+        ("HERALD_BATCH_SIZE", "5001", &["worker"]),
+        ("HERALD_MAX_RESPONSE_BYTES", "0", &["worker"]),
+        ("HERALD_RETRY_BASE_MS", "5000", &["worker"]),
+    ];
+    for (env, value, args) in cases {
+        let mut cmd = herald(None);
+        if *env == "HERALD_RETRY_BASE_MS" {
+            cmd.env("HERALD_RETRY_MAX_MS", "4000");
+        }
+        let out = cmd.env(env, value).args(*args).output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env}={value}: {err}");
+        assert!(err.contains(env), "{env}={value}: {err}");
+    }
+}
+
+/// Two spellings of one Redis server (`/0` is the default database) would
+/// count twice towards the quorum: refused at start-up, exit 2.
+#[tokio::test]
+async fn one_redis_master_listed_twice_in_two_spellings_exits_2() {
+    let out = herald(None)
+        .env(
+            "HERALD_REDIS_URLS",
+            "redis://127.0.0.1:6379,redis://127.0.0.1:6379/0",
+        )
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("HERALD_REDIS_URLS"), "{err}");
+    assert!(err.contains("listed twice"), "{err}");
+}
+
+/// `--help` shows which variable sets a flag, but never the value of a URL
+/// or secret setting (a webhook URL may carry a token in its query).
+#[test]
+fn help_never_shows_the_value_of_a_url_or_secret_setting() {
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", "mysql://u:Pw1secret@h/db")
+        .env("HERALD_REDIS_URLS", "redis://:Pw2secret@h:6379")
+        .env("HERALD_WEBHOOK_URL", "https://h/x?token=Pw3secret")
+        .env("HERALD_WEBHOOK_SECRET", "whsec_Pw4secret")
+        .env("HERALD_CHANNELS", "a=webhook:https://u:Pw5secret@h/")
+        .args(["worker", "--help"])
+        .output()
+        .unwrap();
+    let help = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(help.contains("HERALD_WEBHOOK_URL"), "{help}");
+    assert!(!help.contains("secret@") && !help.contains("Pw"), "{help}");
+    assert!(help.contains("Global options"), "{help}");
+}
+
+/// A misspelled variable used to be ignored without a word.
+#[tokio::test]
+async fn an_unknown_herald_variable_gets_one_warning_naming_the_closest() {
+    let db = TestDb::new().await;
+    let out = herald(Some(&db))
+        .env("HERALD_CONCURENCY", "4")
+        .env("HERALD_LOG", "warn")
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("HERALD_CONCURENCY").count(), 1, "{err}");
+    assert!(err.contains("did you mean HERALD_CONCURRENCY"), "{err}");
+    // Known variables (HERALD_DATABASE_URL, HERALD_LOG) get no warning.
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

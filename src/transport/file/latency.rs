@@ -1,5 +1,6 @@
-//! A sleep accurate to tens of microseconds, for the file transport's
-//! simulated latency.
+//! `HERALD_FILE_LATENCY_MS`: the `file` channel's simulated receiver
+//! latency, slept before each write with a sleep accurate to tens of
+//! microseconds.
 //!
 //! tokio's timer counts in whole milliseconds and rounds every deadline up,
 //! and the driver's `epoll_wait` timeout is rounded up again: on this

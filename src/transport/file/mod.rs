@@ -1,4 +1,12 @@
 //! The file transport: one JSON line per delivery appended to a file.
+//!
+//! * this module — [`FileTransport`], the appends;
+//! * [`latency`] — the simulated receiver latency of the `file` channel
+//!   (`HERALD_FILE_LATENCY_MS`), a feature of this channel only: it lets a
+//!   benchmark or a demo stand in for a receiver that takes L ms, measured
+//!   to tens of microseconds.
+
+pub mod latency;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -44,7 +52,7 @@ struct Line<'a> {
 
 impl FileTransport {
     /// Opens (creating if needed) `path` for appending. `latency` is slept
-    /// (precisely, see [`super::precise_sleep`]) before each write to
+    /// (precisely, see [`latency`]) before each write to
     /// simulate a slow receiver.
     pub fn open(path: &Path, latency: Duration) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
@@ -100,7 +108,7 @@ impl Transport for FileTransport {
     fn send<'a>(&'a self, d: &'a Delivery<'a>) -> BoxFuture<'a, SendOutcome> {
         Box::pin(async move {
             if !self.latency.is_zero() {
-                super::precise_sleep::sleep(self.latency).await;
+                latency::sleep(self.latency).await;
             }
             match self.append(d) {
                 Ok(()) => SendOutcome::Sent,

@@ -1,4 +1,6 @@
-//! Process glue for `herald worker`: signals in, exit code out.
+//! `herald worker`: signals in, exit code out. The process itself is
+//! assembled by [`App`]; this module only owns what belongs to a process
+//! rather than to a worker (signal handling, the exit code).
 
 use std::process::ExitCode;
 
@@ -6,16 +8,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::config::{BenchArgs, CleanupCmdArgs, Settings, WorkerArgs, WorkerConfig};
+use crate::config::{Settings, WorkerArgs};
 
 /// Runs a worker until SIGTERM or SIGINT, drains, and exits 0. A second
 /// signal exits at once (code 130): the operator asked twice, and whatever
 /// is still claimed comes back when its lease expires.
-pub async fn run_process(
-    settings: Settings,
-    config: WorkerConfig,
-    _args: WorkerArgs,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(settings: Settings, args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let config = args.validate()?;
     let app = App::build(settings, config).await?;
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
@@ -41,13 +40,4 @@ pub async fn run_process(
     let totals = app.run(shutdown).await?;
     tracing::info!(sent = totals.sent, claimed = totals.claimed, "exiting");
     Ok(ExitCode::SUCCESS)
-}
-
-pub async fn cleanup_once(s: Settings, a: CleanupCmdArgs) -> anyhow::Result<ExitCode> {
-    crate::cleanup::run_once(s, a).await
-}
-
-/// `herald bench`; see [`crate::bench`].
-pub async fn bench(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    crate::bench::run(settings, args).await
 }

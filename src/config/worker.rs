@@ -1,0 +1,262 @@
+//! `herald worker` settings: flags, then [`WorkerConfig`] after validation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::RangedU64ValueParser;
+use clap::{Args, ValueEnum};
+
+use crate::cleanup::config::{CleanupConfig, CleanupTaskArgs};
+use crate::secret::SecretString;
+use crate::setting::ConfigError;
+use crate::transport::{TransportConfigError, TransportSettings};
+
+/// Which key a worker locks before claiming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockScope {
+    /// One lock per notification: the most parallel.
+    Item,
+    /// One lock per user: a user's notifications go out one at a time, in due order.
+    User,
+}
+
+/// `herald worker` settings.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Deliveries in flight per process.
+    #[arg(long, env = "HERALD_CONCURRENCY", default_value_t = 64,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub concurrency: usize,
+    /// Rows claimed per poll (at most).
+    #[arg(long, env = "HERALD_BATCH_SIZE", default_value_t = 1000,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=5_000))]
+    pub batch_size: usize,
+    /// Lock time-to-live in milliseconds; also bounds the claim lease.
+    #[arg(long, env = "HERALD_LOCK_TTL_MS", default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub lock_ttl_ms: u64,
+    /// Lock per notification (item) or per user (user).
+    #[arg(long, env = "HERALD_LOCK_SCOPE", value_enum, default_value = "item")]
+    pub lock_scope: LockScope,
+    /// Longest idle back-off between polls, in milliseconds.
+    #[arg(long, env = "HERALD_POLL_INTERVAL_MS", default_value_t = 500,
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub poll_interval_ms: u64,
+    /// Per-delivery timeout in milliseconds (whole request).
+    #[arg(long, env = "HERALD_SEND_TIMEOUT_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub send_timeout_ms: u64,
+    /// Attempts before a transiently failing row is marked failed.
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_attempts: u32,
+    /// First retry delay cap in milliseconds (full jitter, doubling per attempt).
+    #[arg(long, env = "HERALD_RETRY_BASE_MS", default_value_t = 1_000,
+        value_parser = clap::value_parser!(u64).range(1..=30 * 86_400_000))]
+    pub retry_base_ms: u64,
+    /// Largest retry delay in milliseconds.
+    #[arg(long, env = "HERALD_RETRY_MAX_MS", default_value_t = 3_600_000,
+        value_parser = clap::value_parser!(u64).range(1..=30 * 86_400_000))]
+    pub retry_max_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight sends may take before their claims are handed back.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub shutdown_grace_ms: u64,
+    /// Name recorded in claimed_by; defaults to hostname-pid.
+    #[arg(long, env = "HERALD_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// URL the `webhook` channel posts to.
+    #[arg(long, env = "HERALD_WEBHOOK_URL", hide_env_values = true)]
+    pub webhook_url: Option<String>,
+    /// Standard Webhooks signing secret (whsec_ followed by base64, or raw).
+    #[arg(long, env = "HERALD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<SecretString>,
+    /// Extra channel routes: name=kind or name=kind:arg, comma-separated (kinds: webhook, log, file).
+    #[arg(
+        long,
+        env = "HERALD_CHANNELS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub channels: String,
+    /// File the `file` channel appends to.
+    #[arg(long, env = "HERALD_FILE_PATH")]
+    pub file_path: Option<PathBuf>,
+    /// Latency the `file` channel simulates before each write, in milliseconds
+    /// (a slow receiver, for benchmarks and demos).
+    #[arg(long, env = "HERALD_FILE_LATENCY_MS", default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub file_latency_ms: u64,
+    /// Response bytes read from a webhook receiver (for error reasons).
+    #[arg(long, env = "HERALD_MAX_RESPONSE_BYTES", default_value_t = 65_536,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=64 << 20))]
+    pub max_response_bytes: usize,
+
+    #[command(flatten)]
+    pub cleanup: CleanupTaskArgs,
+
+    /// Stats window in seconds; one instance per window logs fleet statistics. 0 = off.
+    #[arg(long, env = "HERALD_STATS_INTERVAL_S", default_value_t = 60)]
+    pub stats_interval_s: u64,
+    /// Address of /livez, /readyz and /metrics; empty = off.
+    #[arg(long, env = "HERALD_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: String,
+    /// Deadline of the /readyz checks in milliseconds.
+    #[arg(long, env = "HERALD_HEALTH_TIMEOUT_MS", default_value_t = 1_000,
+        value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub health_timeout_ms: u64,
+}
+
+/// Validated worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub lock_ttl: Duration,
+    pub lock_scope: LockScope,
+    pub poll_interval: Duration,
+    pub send_timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub shutdown_grace: Duration,
+    pub worker_id: String,
+    pub cleanup: Option<CleanupConfig>,
+    pub stats_interval: Option<Duration>,
+    pub http_addr: Option<SocketAddr>,
+    pub health_timeout: Duration,
+    pub transport: TransportSettings,
+}
+
+impl WorkerArgs {
+    /// What clap cannot check: relations between settings and parsed
+    /// values. Ranges are checked by clap when the flags are read.
+    pub fn validate(&self) -> Result<WorkerConfig, ConfigError> {
+        if self.retry_base_ms > self.retry_max_ms {
+            return Err(ConfigError::new(
+                "HERALD_RETRY_BASE_MS",
+                "--retry-base-ms",
+                format!(
+                    "{} is out of range 1..={} (HERALD_RETRY_MAX_MS)",
+                    self.retry_base_ms, self.retry_max_ms
+                ),
+            ));
+        }
+        if self.send_timeout_ms * 2 > self.lock_ttl_ms {
+            return Err(ConfigError::new(
+                "HERALD_LOCK_TTL_MS",
+                "--lock-ttl-ms",
+                format!(
+                    "{} ms must be at least twice HERALD_SEND_TIMEOUT_MS ({} ms), so a send always fits in the lock",
+                    self.lock_ttl_ms, self.send_timeout_ms
+                ),
+            ));
+        }
+        let worker_id = match &self.worker_id {
+            Some(id) if id.is_empty() || id.len() > 128 => {
+                return Err(ConfigError::new(
+                    "HERALD_WORKER_ID",
+                    "--worker-id",
+                    "must be 1-128 characters",
+                ))
+            }
+            Some(id) => id.clone(),
+            None => default_worker_id(),
+        };
+        let http_addr = if self.http_addr.trim().is_empty() {
+            None
+        } else {
+            Some(self.http_addr.trim().parse().map_err(|e| {
+                ConfigError::new(
+                    "HERALD_HTTP_ADDR",
+                    "--http-addr",
+                    format!("{:?} is not host:port ({e})", self.http_addr),
+                )
+            })?)
+        };
+        let transport = self.transport_settings()?;
+        Ok(WorkerConfig {
+            transport,
+            concurrency: self.concurrency,
+            batch_size: self.batch_size,
+            lock_ttl: Duration::from_millis(self.lock_ttl_ms),
+            lock_scope: self.lock_scope,
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            send_timeout: Duration::from_millis(self.send_timeout_ms),
+            max_attempts: self.max_attempts,
+            retry_base: Duration::from_millis(self.retry_base_ms),
+            retry_max: Duration::from_millis(self.retry_max_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            worker_id,
+            cleanup: if self.cleanup.enabled {
+                Some(self.cleanup.validate()?)
+            } else {
+                None
+            },
+            stats_interval: (self.stats_interval_s > 0)
+                .then(|| Duration::from_secs(self.stats_interval_s)),
+            http_addr,
+            health_timeout: Duration::from_millis(self.health_timeout_ms),
+        })
+    }
+
+    fn transport_settings(&self) -> Result<TransportSettings, ConfigError> {
+        let webhook_url = match self.webhook_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            // The transports' own rule, so the URL is judged the same way
+            // here (exit 2 at start-up) and by library callers of
+            // `Transports::from_settings`. Its errors never echo the URL.
+            Some(raw) => Some(
+                crate::transport::parse_webhook_url(raw)
+                    .map_err(|r| ConfigError::new("HERALD_WEBHOOK_URL", "--webhook-url", r))?,
+            ),
+        };
+        let channels =
+            crate::transport::parse_channels(&self.channels).map_err(transport_config_error)?;
+        Ok(TransportSettings {
+            webhook_url,
+            // An empty variable (a template left blank) means "no secret".
+            webhook_secret: self
+                .webhook_secret
+                .clone()
+                .filter(|s| !s.expose().is_empty()),
+            send_timeout: Duration::from_millis(self.send_timeout_ms),
+            max_response_bytes: self.max_response_bytes,
+            file_path: self.file_path.clone().filter(|p| !p.as_os_str().is_empty()),
+            file_latency: Duration::from_millis(self.file_latency_ms),
+            channels,
+        })
+    }
+}
+
+/// Maps a transport set-up error to the setting it is about.
+pub fn transport_config_error(e: TransportConfigError) -> ConfigError {
+    let (env, flag) = match &e {
+        TransportConfigError::Secret(_) => ("HERALD_WEBHOOK_SECRET", "--webhook-secret"),
+        TransportConfigError::WebhookUrl(_) => ("HERALD_WEBHOOK_URL", "--webhook-url"),
+        TransportConfigError::File { .. } => ("HERALD_FILE_PATH", "--file-path"),
+        _ => ("HERALD_CHANNELS", "--channels"),
+    };
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    let reason = text
+        .strip_prefix(&format!("{env}: "))
+        .map(str::to_owned)
+        .unwrap_or(text);
+    ConfigError::new(env, flag, reason)
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into());
+    format!("{host}-{}", std::process::id())
+}
