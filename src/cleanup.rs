@@ -127,15 +127,25 @@ pub struct Cleanup {
     redlock: Redlock,
     metrics: Arc<Metrics>,
     cfg: CleanupConfig,
+    /// The regions this process's worker serves: the backlog gate counts
+    /// only these (a backlog nobody here sends must not stop cleanup).
+    regions: Vec<String>,
 }
 
 impl Cleanup {
-    pub fn new(store: Store, redlock: Redlock, metrics: Arc<Metrics>, cfg: CleanupConfig) -> Self {
+    pub fn new(
+        store: Store,
+        redlock: Redlock,
+        metrics: Arc<Metrics>,
+        cfg: CleanupConfig,
+        regions: Vec<String>,
+    ) -> Self {
         Cleanup {
             store,
             redlock,
             metrics,
             cfg,
+            regions,
         }
     }
 
@@ -260,7 +270,8 @@ impl Cleanup {
             if started.elapsed() >= cfg.max_tick {
                 break End::TimeCap;
             }
-            let backlog = due_backlog_on(conn, Some(threshold.saturating_add(1))).await?;
+            let limit = Some(threshold.saturating_add(1));
+            let backlog = due_backlog_on(conn, Some(&self.regions), limit).await?;
             self.metrics.due_backlog.set(backlog as i64);
             if backlog > threshold {
                 if batches == 0 && stamped.is_none() {
@@ -346,7 +357,8 @@ pub async fn run_once(settings: Settings, args: CleanupCmdArgs) -> anyhow::Resul
         };
         let mut conn = store.pool().acquire().await?;
         let eligible = prune::count_eligible(&mut conn, &retention).await?;
-        let backlog = due_backlog_on(&mut conn, Some(cfg.max_backlog.saturating_add(1))).await?;
+        let limit = Some(cfg.max_backlog.saturating_add(1));
+        let backlog = due_backlog_on(&mut conn, Some(&settings.regions), limit).await?;
         let parts: Vec<String> = eligible
             .by_status
             .iter()
@@ -370,7 +382,8 @@ pub async fn run_once(settings: Settings, args: CleanupCmdArgs) -> anyhow::Resul
         return Ok(ExitCode::SUCCESS);
     }
     let redlock = crate::app::redlock(&settings).await?;
-    let cleanup = Cleanup::new(store.clone(), redlock, Metrics::new(), cfg);
+    let regions = settings.regions.clone();
+    let cleanup = Cleanup::new(store.clone(), redlock, Metrics::new(), cfg, regions);
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {

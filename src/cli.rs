@@ -106,6 +106,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                     Some(lag) => println!("oldest due lag {lag:.3}s"),
                     None => println!("oldest due lag -"),
                 }
+                if report.invalid_due_at > 0 {
+                    println!(
+                        "invalid due_at {} (zero or invalid dates, counted as due)",
+                        report.invalid_due_at
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -137,16 +143,24 @@ async fn enqueue(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Exit
         Some(path) => {
             let file =
                 std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            enqueue_lines(&store, std::io::BufReader::new(file), &limits, &mut stderr).await?
+            let input = std::io::BufReader::new(file);
+            enqueue_lines(&store, input, &limits, args.skip_lines, &mut stderr).await?
         }
-        None => enqueue_lines(&store, std::io::stdin().lock(), &limits, &mut stderr).await?,
+        None => {
+            let input = std::io::stdin().lock();
+            enqueue_lines(&store, input, &limits, args.skip_lines, &mut stderr).await?
+        }
     };
+    if let Some(why) = &summary.stopped {
+        writeln!(stderr, "herald: error: {why}")?;
+        writeln!(stderr, "{}", crate::intake::resume_hint(&summary))?;
+    }
     writeln!(
         stderr,
         "enqueued {}, duplicates {}, rejected {}",
         summary.inserted, summary.duplicates, summary.rejected
     )?;
-    Ok(if summary.rejected > 0 {
+    Ok(if summary.rejected > 0 || summary.stopped.is_some() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -66,6 +66,7 @@ pub async fn spawn(
             deps.redlock.clone(),
             deps.metrics.clone(),
             cfg.clone(),
+            app.settings.regions.clone(),
         );
         tasks.push(("cleanup", tokio::spawn(cleanup.run(stop.clone()))));
     }
