@@ -165,7 +165,8 @@ async fn cleanup_deletes_only_finished_rows_past_their_retention_in_batches() {
         out.contains("would delete 17 (sent 8, failed 5, expired 2, cancelled 2)"),
         "{out}"
     );
-    assert!(out.contains("backlog 6 <= 1000"), "{out}");
+    // The due rows are in "other", which this cleanup's worker does not serve.
+    assert!(out.contains("backlog 0 <= 1000"), "{out}");
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM notifications").await,
         33,
