@@ -486,3 +486,49 @@ async fn the_cleanup_gate_counts_only_the_regions_this_worker_serves() {
     let both = dry("default,elsewhere");
     assert!(both.contains("skipped (backlog 1001 > 1000)"), "{both}");
 }
+
+#[tokio::test]
+async fn a_workers_cleanup_runs_despite_a_backlog_in_a_region_it_does_not_serve() {
+    crate::helpers::require_redis().await;
+    let db = TestDb::new().await;
+    let mut rows: Vec<String> = (0..10)
+        .map(|_| {
+            "(1, 'log', '{}', 'default', UTC_TIMESTAMP(6) - INTERVAL 10 DAY, \
+             UTC_TIMESTAMP(6) - INTERVAL 10 DAY, 'sent', UTC_TIMESTAMP(6) - INTERVAL 2 HOUR)"
+                .to_string()
+        })
+        .collect();
+    rows.extend((0..6).map(|_| {
+        "(2, 'log', '{}', 'other', UTC_TIMESTAMP(6) - INTERVAL 60 SECOND, \
+         UTC_TIMESTAMP(6) - INTERVAL 60 SECOND, 'pending', NULL)"
+            .to_string()
+    }));
+    db.exec(&format!(
+        "INSERT INTO notifications \
+         (user_id, channel, payload, region, send_at, due_at, status, finished_at) VALUES {}",
+        rows.join(", ")
+    ))
+    .await;
+    let w = crate::helpers::WorkerProc::spawn(
+        &db,
+        &crate::helpers::key_prefix(),
+        &[
+            ("HERALD_REGION", "default".into()),
+            ("HERALD_CLEANUP", "true".into()),
+            ("HERALD_CLEANUP_INTERVAL_S", "1".into()),
+            ("HERALD_CLEANUP_MAX_BACKLOG", "5".into()),
+            ("HERALD_RETENTION_SENT", "1h".into()),
+        ],
+    );
+    wait_until("cleanup to delete", Duration::from_secs(20), || async {
+        w.logs().contains("cleanup: deleted 10 in")
+    })
+    .await;
+    assert!(!w.logs().contains("cleanup: skipped"), "{}", w.logs());
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM notifications WHERE status = 'pending'")
+            .await,
+        6,
+        "the other region's rows are not this worker's"
+    );
+}
