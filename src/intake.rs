@@ -175,11 +175,11 @@ pub async fn enqueue_lines(
 pub fn resume_hint(summary: &EnqueueSummary) -> String {
     let n = summary.done_through;
     let mut hint = if n == 0 {
-        "no line was settled; rerun the same input as it is".to_owned()
+        "no line was inserted".to_owned()
     } else {
         format!(
-            "lines 1..{n} are settled (inserted, duplicates or reported); \
-             rerun with --skip-lines {n} to go on without inserting any line twice"
+            "lines 1..{n} are settled (inserted, duplicates or reported); once the cause \
+             is fixed, rerun with --skip-lines {n} to go on without inserting any line twice"
         )
     };
     if let Some((a, b)) = summary.uncertain {

@@ -322,7 +322,7 @@ async fn enqueue_of_a_directory_ends_with_one_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.matches("cannot read").count(), 1, "{err}");
     assert!(err.contains("Is a directory"), "{err}");
-    assert!(err.contains("no line was settled"), "{err}");
+    assert!(err.contains("no line was inserted"), "{err}");
 }
 
 /// Peak resident memory of a running process, in bytes.
