@@ -532,3 +532,110 @@ async fn a_workers_cleanup_runs_despite_a_backlog_in_a_region_it_does_not_serve(
         "the other region's rows are not this worker's"
     );
 }
+
+#[tokio::test]
+async fn a_small_max_allowed_packet_sizes_the_chunks_and_names_a_row_that_cannot_fit() {
+    // A private server: the shared one's settings are not ours to change.
+    let mysql = crate::mariadb_proc::MariaDbProc::start();
+    let url = mysql.url("herald");
+    let secret = herald::secret::SecretUrl::parse(&url).unwrap();
+    herald::store::migrate::migrate(&secret).await.unwrap();
+    let admin = herald::store::Store::connect(&secret, 1).await.unwrap();
+    sqlx::query("SET GLOBAL max_allowed_packet = 1048576")
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    let big = "x".repeat(60_000);
+    let huge = "y".repeat(700_000);
+    let input: String = (1..=300)
+        .map(|n| {
+            let payload = if n == 150 { &huge } else { &big };
+            line(n, &format!(r#"{{"big":"{payload}"}}"#)) + "\n"
+        })
+        .collect();
+    let mut cmd = herald(None);
+    cmd.env("HERALD_DATABASE_URL", &url)
+        .env("HERALD_MAX_PAYLOAD_BYTES", "1000000")
+        .arg("enqueue");
+    let out = run_with_stdin(&mut cmd, &input);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "line 150: payload: 700010 bytes do not fit the server's max_allowed_packet of 1048576 bytes"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("enqueued 299, duplicates 0, rejected 1"),
+        "{err}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications")
+        .fetch_one(admin.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 299);
+    admin.close().await;
+}
+
+#[tokio::test]
+async fn the_library_reports_a_key_committed_during_its_insert_as_a_duplicate() {
+    use herald::notification::{Limits, NewNotification};
+    use herald::store::enqueue::{enqueue_batch, Inserted};
+    let db = TestDb::new().await;
+    let mut other = db.store.pool().begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO notifications (user_id, channel, payload, dedupe_key, send_at, due_at) \
+         VALUES (9, 'webhook', '{}', 'race-2', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+    )
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let items: Vec<NewNotification> = (0..3)
+        .map(|i| {
+            let b = NewNotification::builder(i, "webhook", serde_json::json!({"i": i}));
+            let b = if i == 1 { b.dedupe_key("race-2") } else { b };
+            b.build(&Limits::default()).unwrap()
+        })
+        .collect();
+    let store = db.store.clone();
+    let task = tokio::spawn(async move {
+        let mut tx = store.pool().begin().await.unwrap();
+        let res = enqueue_batch(&mut tx, &items).await.unwrap();
+        tx.commit().await.unwrap();
+        res
+    });
+    let name = db.db.name.clone();
+    wait_until(
+        "the library's INSERT to wait on the key",
+        Duration::from_secs(30),
+        || {
+            let sql = format!(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE DB = '{name}' AND INFO LIKE 'INSERT INTO notifications (user_id%'"
+            );
+            let db = &db;
+            async move { db.scalar(&sql).await > 0 }
+        },
+    )
+    .await;
+    other.commit().await.unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let id = db
+        .scalar("SELECT CAST(id AS SIGNED) FROM notifications WHERE dedupe_key = 'race-2'")
+        .await as u64;
+    assert_eq!(
+        res,
+        vec![
+            Inserted::New,
+            Inserted::Duplicate {
+                existing_id: Some(id)
+            },
+            Inserted::New
+        ]
+    );
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM notifications").await, 3);
+}
