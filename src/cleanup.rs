@@ -9,7 +9,8 @@
 //! * **Only while the queue is short**: before every batch, a bounded count
 //!   of due rows (`LIMIT threshold + 1` per part) is compared with
 //!   `HERALD_CLEANUP_MAX_BACKLOG`. A backlog means senders need the database
-//!   more than cleanup does.
+//!   more than cleanup does. Only the regions this process serves count:
+//!   rows nobody here sends must not switch cleanup off.
 //! * **Small, bounded statements**: the finished index is walked
 //!   `HERALD_CLEANUP_BATCH` rows at a time (see [`prune`]), and the rows of
 //!   each step that are past their retention are deleted by primary key,
