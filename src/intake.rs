@@ -149,7 +149,7 @@ pub async fn enqueue_lines(
                 }
                 if !run.pending.is_empty() && run.pending_bytes + bytes > run.budget {
                     if let Some(msg) = run.flush(errors).await? {
-                        return run.finish(errors, Some(msg)).await;
+                        return Ok(run.stop(msg));
                     }
                 }
                 run.pending_bytes += bytes;
@@ -164,7 +164,7 @@ pub async fn enqueue_lines(
         }
         if run.pending.len() >= INSERT_CHUNK {
             if let Some(msg) = run.flush(errors).await? {
-                return run.finish(errors, Some(msg)).await;
+                return Ok(run.stop(msg));
             }
         }
     }
@@ -175,7 +175,10 @@ pub async fn enqueue_lines(
 pub fn resume_hint(summary: &EnqueueSummary) -> String {
     let n = summary.done_through;
     let mut hint = if n == 0 {
-        "no line was inserted".to_owned()
+        match summary.uncertain {
+            None => "no line was inserted".to_owned(),
+            Some(_) => "no earlier line was inserted".to_owned(),
+        }
     } else {
         format!(
             "lines 1..{n} are settled (inserted, duplicates or reported); once the cause \
@@ -210,6 +213,13 @@ impl Run<'_> {
         if self.pending.is_empty() {
             self.summary.done_through = number;
         }
+    }
+
+    /// Ends the run after a chunk could not be written: its lines are not
+    /// tried again (after a cut-off COMMIT that could insert them twice).
+    fn stop(mut self, why: String) -> EnqueueSummary {
+        self.summary.stopped = Some(why);
+        self.summary
     }
 
     /// Flushes what is pending, records why the run stopped (if it did).

@@ -172,6 +172,11 @@ async fn a_stopped_enqueue_says_where_to_resume_and_the_resumed_run_inserts_each
         "{err}"
     );
     assert!(err.contains("(has `herald migrate` been run?)"), "{err}");
+    assert_eq!(
+        err.matches("inserting lines").count(),
+        1,
+        "said once: {err}"
+    );
     assert!(
         err.contains("enqueued 500, duplicates 0, rejected 0"),
         "{err}"
