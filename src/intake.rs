@@ -107,8 +107,8 @@ pub async fn enqueue_lines(
             Line::TooLong { bytes } => {
                 writeln!(
                     errors,
-                    "line {number}: (line): longer than {} bytes (at least {bytes}); \
-                     the limit follows HERALD_MAX_PAYLOAD_BYTES",
+                    "line {number}: (line): {bytes} bytes is longer than the limit of {} bytes \
+                     (6 x HERALD_MAX_PAYLOAD_BYTES + 64 KiB); skipped unread",
                     lines.max
                 )?;
                 run.summary.rejected += 1;

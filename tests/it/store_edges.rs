@@ -373,7 +373,7 @@ async fn an_overlong_line_is_skipped_by_number_in_bounded_memory() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("line 2: (line): longer than 458752 bytes"),
+        err.contains("line 2: (line): 268435508 bytes is longer than the limit of 458752 bytes"),
         "{err}"
     );
     assert!(
