@@ -90,10 +90,15 @@ impl App {
             self.settings.regions.clone(),
         );
         let handle = worker.handle();
-        let companions =
-            crate::companions::spawn(&self.deps, &self.config, handle, shutdown.clone())
-                .await
-                .context("starting the HTTP server, cleanup and stats tasks")?;
+        let companions = crate::companions::spawn(
+            &self.deps,
+            &self.config,
+            &self.settings.regions,
+            handle,
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the HTTP server, cleanup and stats tasks")?;
         let totals = worker.run(shutdown).await;
         companions.stop().await;
         self.deps.store.close().await;

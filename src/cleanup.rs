@@ -9,7 +9,8 @@
 //! * **Only while the queue is short**: before every batch, a bounded count
 //!   of due rows (`LIMIT threshold + 1` per part) is compared with
 //!   `HERALD_CLEANUP_MAX_BACKLOG`. A backlog means senders need the database
-//!   more than cleanup does.
+//!   more than cleanup does. Only the regions this process serves count:
+//!   rows nobody here sends must not switch cleanup off.
 //! * **Small, bounded statements**: the finished index is walked
 //!   `HERALD_CLEANUP_BATCH` rows at a time (see [`prune`]), and the rows of
 //!   each step that are past their retention are deleted by primary key,
@@ -132,15 +133,25 @@ pub struct Cleanup {
     redlock: Redlock,
     metrics: Arc<Metrics>,
     cfg: CleanupConfig,
+    /// The regions this process's worker serves: the backlog gate counts
+    /// only these (a backlog nobody here sends must not stop cleanup).
+    regions: Vec<String>,
 }
 
 impl Cleanup {
-    pub fn new(store: Store, redlock: Redlock, metrics: Arc<Metrics>, cfg: CleanupConfig) -> Self {
+    pub fn new(
+        store: Store,
+        redlock: Redlock,
+        metrics: Arc<Metrics>,
+        cfg: CleanupConfig,
+        regions: Vec<String>,
+    ) -> Self {
         Cleanup {
             store,
             redlock,
             metrics,
             cfg,
+            regions,
         }
     }
 
@@ -261,7 +272,8 @@ impl Cleanup {
             if started.elapsed() >= cfg.max_tick {
                 break End::TimeCap;
             }
-            let backlog = due_backlog_on(conn, Some(threshold.saturating_add(1))).await?;
+            let limit = Some(threshold.saturating_add(1));
+            let backlog = due_backlog_on(conn, Some(&self.regions), limit).await?;
             self.metrics.due_backlog.set(backlog as i64);
             if backlog > threshold {
                 if batches == 0 && stamped.is_none() {
@@ -336,10 +348,15 @@ impl Cleanup {
 /// What a pass now would delete, per status, and whether the backlog gate
 /// would let it run: the line `herald cleanup --dry-run` prints. Takes no
 /// lock: nothing is written.
-pub async fn dry_run(store: &Store, cfg: &CleanupConfig) -> anyhow::Result<String> {
+pub async fn dry_run(
+    store: &Store,
+    cfg: &CleanupConfig,
+    regions: &[String],
+) -> anyhow::Result<String> {
     let mut conn = store.pool().acquire().await?;
     let eligible = prune::count_eligible(&mut conn, &cfg.retention).await?;
-    let backlog = due_backlog_on(&mut conn, Some(cfg.max_backlog.saturating_add(1))).await?;
+    let limit = Some(cfg.max_backlog.saturating_add(1));
+    let backlog = due_backlog_on(&mut conn, Some(regions), limit).await?;
     let parts: Vec<String> = eligible
         .by_status
         .iter()

@@ -31,13 +31,15 @@ pub struct Companions {
     http_stop: CancellationToken,
 }
 
-/// Starts the companions `config` asks for, on the services in `deps`.
+/// Starts the companions `config` asks for, on the services in `deps`;
+/// cleanup's backlog gate counts only `regions`, the ones this worker serves.
 /// Fails only if the HTTP address cannot be bound, so a port clash stops
 /// the process at start-up instead of leaving it running without health
 /// checks.
 pub async fn spawn(
     deps: &Deps,
     config: &WorkerConfig,
+    regions: &[String],
     worker: WorkerHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Companions> {
@@ -68,6 +70,7 @@ pub async fn spawn(
             deps.redlock.clone(),
             deps.metrics.clone(),
             cfg.clone(),
+            regions.to_vec(),
         );
         tasks.push(("cleanup", tokio::spawn(cleanup.run(stop.clone()))));
     }

@@ -86,6 +86,11 @@ impl Default for Limits {
 pub const MAX_CHANNEL_LEN: usize = 64;
 pub const MAX_REGION_LEN: usize = 32;
 pub const MAX_DEDUPE_KEY_LEN: usize = 191;
+/// Deepest nesting of objects and arrays in a payload, the payload object
+/// itself being level 1. MariaDB's `JSON_VALID` (the table's CHECK) refuses
+/// 32 levels and more; MySQL 8 allows 100. Checking here names the line
+/// instead of failing a whole INSERT.
+pub const MAX_PAYLOAD_DEPTH: usize = 31;
 /// Schedules further ahead than this are almost certainly unit mistakes
 /// (milliseconds taken for seconds, a year typed wrong).
 pub const MAX_SCHEDULE_AHEAD_DAYS: i64 = 3660;
@@ -205,6 +210,16 @@ impl NewNotification {
         let payload = match map.remove("payload") {
             None | Some(Value::Null) => return Err(FieldError::new("payload", "missing")),
             Some(Value::Object(obj)) => {
+                let depth = 1 + obj.values().map(nesting).max().unwrap_or(0);
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return Err(FieldError::new(
+                        "payload",
+                        format!(
+                            "nested {depth} levels deep; at most {MAX_PAYLOAD_DEPTH} levels of \
+                             objects and arrays are accepted (the database's JSON limit)"
+                        ),
+                    ));
+                }
                 let text = serde_json::to_string(&obj)
                     .map_err(|e| FieldError::new("payload", e.to_string()))?;
                 if text.len() > limits.max_payload_bytes {
@@ -259,6 +274,19 @@ impl NewNotification {
                 return Err(FieldError::new(
                     "dedupe_key",
                     format!("contains {c:?}; use printable ASCII only"),
+                ));
+            }
+            // The unique index ignores trailing spaces (PAD SPACE collation on
+            // MariaDB and MySQL), and HTTP drops leading and trailing
+            // whitespace from the `webhook-id` header the key becomes: such a
+            // key would silently equal its trimmed form.
+            if k.starts_with(' ') || k.ends_with(' ') {
+                return Err(FieldError::new(
+                    "dedupe_key",
+                    format!(
+                        "{k:?} starts or ends with a space; the table and receivers compare \
+                         keys without them, so remove them"
+                    ),
                 ));
             }
             if k.len() > MAX_DEDUPE_KEY_LEN {
@@ -394,6 +422,16 @@ fn validate_name(field: &'static str, v: &str, max: usize) -> Result<(), FieldEr
     Ok(())
 }
 
+/// Levels of objects and arrays in `v` (a scalar is 0). Recursion is
+/// bounded: serde_json refuses input nested deeper than 128.
+fn nesting(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(nesting).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -471,6 +509,27 @@ mod tests {
     fn offsets_become_utc() {
         let n = parse(r#"{"user_id":7,"channel":"c","payload":{},"send_at":"2030-01-01T12:00:00.123456+02:00"}"#).unwrap();
         assert_eq!(rfc3339(n.send_at), "2030-01-01T10:00:00.123456Z");
+    }
+
+    #[test]
+    fn payload_depth_and_key_spaces() {
+        let nested = |d: usize| {
+            format!(
+                r#"{{"user_id":1,"channel":"c","payload":{}1{}}}"#,
+                r#"{"a":"#.repeat(d),
+                "}".repeat(d)
+            )
+        };
+        assert!(parse(&nested(MAX_PAYLOAD_DEPTH)).is_ok());
+        let err = parse(&nested(MAX_PAYLOAD_DEPTH + 1)).unwrap_err();
+        assert_eq!(err.field, "payload", "{err}");
+        assert!(err.reason.contains("nested 32 levels"), "{err}");
+        for key in ["order-17 ", " order-17"] {
+            let line =
+                format!(r#"{{"user_id":1,"channel":"c","payload":{{}},"dedupe_key":"{key}"}}"#);
+            assert_eq!(parse(&line).unwrap_err().field, "dedupe_key");
+        }
+        assert!(parse(r#"{"user_id":1,"channel":"c","payload":{},"dedupe_key":"a b"}"#).is_ok());
     }
 
     #[test]

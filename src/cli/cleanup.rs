@@ -17,13 +17,14 @@ pub async fn run(settings: &Settings, args: &CleanupCmdArgs) -> anyhow::Result<E
     let cfg = args.cleanup.validate()?;
     let store = Store::connect(&settings.database_url, 2).await?;
     if args.dry_run {
-        let line = crate::cleanup::dry_run(&store, &cfg).await;
+        let line = crate::cleanup::dry_run(&store, &cfg, &settings.regions).await;
         store.close().await;
         println!("{}", line?);
         return Ok(ExitCode::SUCCESS);
     }
     let redlock = crate::app::redlock(settings).await?;
-    let cleanup = Cleanup::new(store.clone(), redlock, Metrics::new(), cfg);
+    let regions = settings.regions.clone();
+    let cleanup = Cleanup::new(store.clone(), redlock, Metrics::new(), cfg, regions);
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {

@@ -21,16 +21,24 @@ pub async fn run(settings: &Settings, args: &EnqueueArgs) -> anyhow::Result<Exit
         Some(path) => {
             let file =
                 std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            enqueue_lines(&store, std::io::BufReader::new(file), &limits, &mut stderr).await?
+            let input = std::io::BufReader::new(file);
+            enqueue_lines(&store, input, &limits, args.skip_lines, &mut stderr).await?
         }
-        None => enqueue_lines(&store, std::io::stdin().lock(), &limits, &mut stderr).await?,
+        None => {
+            let input = std::io::stdin().lock();
+            enqueue_lines(&store, input, &limits, args.skip_lines, &mut stderr).await?
+        }
     };
+    if let Some(why) = &summary.stopped {
+        writeln!(stderr, "herald: error: {why}")?;
+        writeln!(stderr, "{}", crate::intake::resume_hint(&summary))?;
+    }
     writeln!(
         stderr,
         "enqueued {}, duplicates {}, rejected {}",
         summary.inserted, summary.duplicates, summary.rejected
     )?;
-    Ok(if summary.rejected > 0 {
+    Ok(if summary.rejected > 0 || summary.stopped.is_some() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -23,6 +23,12 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
             Some(lag) => println!("oldest due lag {lag:.3}s"),
             None => println!("oldest due lag -"),
         }
+        if report.invalid_due_at > 0 {
+            println!(
+                "invalid due_at {} (zero or invalid dates, counted as due)",
+                report.invalid_due_at
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

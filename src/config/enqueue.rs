@@ -17,4 +17,8 @@ pub struct EnqueueArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     pub max_payload_bytes: usize,
+    /// Skip the first N lines: resumes a run that stopped after N lines were
+    /// settled (its last message says N), inserting nothing twice.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub skip_lines: usize,
 }

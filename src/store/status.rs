@@ -16,8 +16,15 @@ pub struct StatusReport {
     /// Rows a worker could pick up now: pending and due, or sending with an
     /// expired lease.
     pub due_backlog: u64,
-    /// Seconds since the oldest due row became due; `None` with no backlog.
+    /// Seconds since the oldest due row with a valid `due_at` became due;
+    /// `None` when there is none.
     pub oldest_due_lag_s: Option<f64>,
+    /// Live rows (pending or sending) whose `due_at` is a zero or invalid
+    /// date, which another service can write when its `sql_mode` allows.
+    /// They count as due (the database compares them as earliest of all)
+    /// but have no lag to report, so they are counted here instead of
+    /// hiding the lag of the others.
+    pub invalid_due_at: u64,
     pub at: DateTime<Utc>,
 }
 
@@ -34,16 +41,22 @@ pub async fn regions<'e>(db: impl MySqlExecutor<'e>) -> Result<Vec<String>, sqlx
 /// bounded count keeps that check cheap however large the backlog grows.
 pub async fn due_backlog(pool: &MySqlPool, limit: Option<u64>) -> Result<u64, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    due_backlog_on(&mut conn, limit).await
+    due_backlog_on(&mut conn, None, limit).await
 }
 
 /// [`due_backlog`] on a given connection, for callers that already hold one
-/// (cleanup must not need a second connection from a pool of one).
+/// (cleanup must not need a second connection from a pool of one), counting
+/// only `regions` when given: cleanup yields to the senders it competes
+/// with, and a backlog in a region no local worker serves is not theirs.
 pub async fn due_backlog_on(
     conn: &mut MySqlConnection,
+    regions: Option<&[String]>,
     limit: Option<u64>,
 ) -> Result<u64, sqlx::Error> {
-    let regions = regions(&mut *conn).await?;
+    let regions = match regions {
+        Some(r) => r.to_vec(),
+        None => self::regions(&mut *conn).await?,
+    };
     if regions.is_empty() {
         return Ok(0);
     }
@@ -87,18 +100,28 @@ pub async fn report(pool: &MySqlPool) -> Result<StatusReport, sqlx::Error> {
         counts.insert(status, n as u64);
     }
     let due_backlog = due_backlog(pool, None).await?;
-    let (now, oldest): (DateTime<Utc>, Option<DateTime<Utc>>) = sqlx::query_as(
-        "SELECT UTC_TIMESTAMP(6), MIN(due_at) FROM notifications \
-         WHERE status IN ('pending', 'sending') AND due_at <= UTC_TIMESTAMP(6)",
+    // The lag is computed by the database: a zero date cannot be decoded
+    // as a time, and one such row must not hide the lag of the others.
+    let (now, lag_us): (DateTime<Utc>, Option<i64>) = sqlx::query_as(
+        "SELECT UTC_TIMESTAMP(6), TIMESTAMPDIFF(MICROSECOND, MIN(due_at), UTC_TIMESTAMP(6)) \
+         FROM notifications \
+         WHERE status IN ('pending', 'sending') AND due_at <= UTC_TIMESTAMP(6) \
+         AND due_at >= '1000-01-01' AND MONTH(due_at) > 0 AND DAYOFMONTH(due_at) > 0",
     )
     .fetch_one(pool)
     .await?;
-    let oldest_due_lag_s =
-        oldest.map(|t| (now - t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
+    let invalid_due_at: u64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS UNSIGNED) FROM notifications \
+         WHERE status IN ('pending', 'sending') AND due_at < '1000-01-01' \
+         OR status IN ('pending', 'sending') AND (MONTH(due_at) = 0 OR DAYOFMONTH(due_at) = 0)",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(StatusReport {
         counts,
         due_backlog,
-        oldest_due_lag_s,
+        oldest_due_lag_s: lag_us.map(|us| us as f64 / 1e6),
+        invalid_due_at,
         at: now,
     })
 }

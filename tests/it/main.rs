@@ -9,5 +9,6 @@ mod lock;
 mod mariadb_proc;
 mod receiver;
 mod redis_procs;
+mod store_edges;
 mod transport;
 mod worker;
