@@ -74,7 +74,7 @@ async fn fault_kill_query_mid_claim() {
         let held = Instant::now();
         // Kill every claim that queues behind the lock for up to 300 ms.
         while held.elapsed() < Duration::from_millis(300) {
-            let waiting: Vec<u64> = sqlx::query_scalar(
+            let waiting: Vec<i64> = sqlx::query_scalar(
                 "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? \
                  AND INFO LIKE 'UPDATE notifications SET status = ''sending''%'",
             )
@@ -226,7 +226,7 @@ async fn fault_lock_wait_timeouts_and_deadlocks_in_the_claim() {
         settle_and_report(
             &rig,
             "deadlock_in_claim",
-            "a heavier transaction locks the last row a waiting claim needs, then one it holds",
+            "a heavier transaction locks rows a claim needs, waits until one queues on them, then locks a row that claim holds",
             window,
             &mut workers,
             None,
@@ -242,45 +242,62 @@ async fn fault_lock_wait_timeouts_and_deadlocks_in_the_claim() {
     admin.close().await;
 }
 
-/// One try: become heavy (2,000 row changes), lock the fifth oldest due row
-/// (inside the next claim's batch, not its first row), wait up to 1 s for a claim to queue on it, then lock the lowest row
-/// of that claim's id list, which the claim already holds (InnoDB locks an
-/// `id IN (…)` list in ascending order). InnoDB picks the claim as victim.
+/// One try: become heavy (2,000 row changes), lock every fourth of the 600
+/// oldest due rows, so whatever batch a claim takes, it must queue on one of
+/// them (`h`) after locking the lower ids of its list (InnoDB locks an
+/// `id IN (…)` list in ascending order); then lock the lowest id of a
+/// running claim's list. If the claim holds it, that closes the cycle and
+/// InnoDB rolls back the claim, the lighter transaction; if not, the claim
+/// just waits for us.
 async fn provoke_deadlock(store: &Store) {
     let mut tx = store.pool().begin().await.unwrap();
     sqlx::query("UPDATE ballast SET v = v + 1")
         .execute(&mut *tx)
         .await
         .unwrap();
-    let hi: Option<u64> = sqlx::query_scalar(
+    let oldest: Vec<u64> = sqlx::query_scalar(
         "SELECT id FROM notifications WHERE status = 'pending' AND due_at <= UTC_TIMESTAMP(6) \
-         ORDER BY due_at, id LIMIT 1 OFFSET 4 FOR UPDATE",
+         ORDER BY due_at, id LIMIT 600",
     )
-    .fetch_optional(&mut *tx)
+    .fetch_all(&mut *tx)
     .await
-    .unwrap_or(None);
-    let Some(hi) = hi else {
+    .unwrap_or_default();
+    let held: Vec<u64> = oldest.iter().copied().skip(3).step_by(4).collect();
+    if held.is_empty() {
         let _ = tx.rollback().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         return;
-    };
+    }
+    let list = held.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let locked = sqlx::query(&format!(
+        "SELECT id FROM notifications WHERE id IN ({list}) FOR UPDATE"
+    ))
+    .fetch_all(&mut *tx)
+    .await;
+    if locked.is_err() {
+        let _ = tx.rollback().await;
+        return;
+    }
     let t = Instant::now();
     let mut lo = None;
     while t.elapsed() < Duration::from_secs(1) && lo.is_none() {
         let waiting: Vec<String> = sqlx::query_scalar(
-            "SELECT t.trx_query FROM information_schema.INNODB_TRX t \
-             WHERE t.trx_state = 'LOCK WAIT' \
-             AND t.trx_query LIKE 'UPDATE notifications SET status = ''sending''%'",
+            "SELECT INFO FROM information_schema.PROCESSLIST \
+             WHERE INFO LIKE 'UPDATE notifications SET status = ''sending''%'",
         )
         .fetch_all(store.pool())
         .await
         .unwrap_or_default();
         lo = waiting.iter().find_map(|q| {
             let list = q.split("WHERE id IN (").nth(1)?.split(')').next()?;
-            let ids: Vec<u64> = list.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-            ids.contains(&hi)
-                .then(|| ids.iter().copied().filter(|i| *i < hi).min())
-                .flatten()
+            let mut ids: Vec<u64> = list
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+            ids.sort_unstable();
+            let h = ids.iter().find(|i| held.contains(i))?;
+            let first = *ids.first()?;
+            (first < *h).then_some(first)
         });
         if lo.is_none() {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -196,12 +196,16 @@ pub async fn install_transition_log(store: &Store) {
         "CREATE TABLE fault_log (seq BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, \
          id BIGINT UNSIGNED NOT NULL, status VARCHAR(16) NOT NULL, claimed_by VARCHAR(128) NULL, \
          due DATETIME(6) NOT NULL, send_at DATETIME(6) NOT NULL, at DATETIME(6) NOT NULL)",
+        // A plain INSERT … VALUES: an INSERT … SELECT would take the
+        // table's AUTO-INC lock for the statement and serialise every
+        // claim and finish of the workers behind it.
         "CREATE TRIGGER fault_log_t AFTER UPDATE ON notifications FOR EACH ROW \
+         IF NEW.status <> OLD.status OR NOT (NEW.claim_token <=> OLD.claim_token) THEN \
          INSERT INTO fault_log (id, status, claimed_by, due, send_at, at) \
-         SELECT NEW.id, NEW.status, NEW.claimed_by, OLD.due_at, NEW.send_at, UTC_TIMESTAMP(6) \
-         FROM DUAL WHERE NEW.status <> OLD.status OR NOT (NEW.claim_token <=> OLD.claim_token)",
+         VALUES (NEW.id, NEW.status, NEW.claimed_by, OLD.due_at, NEW.send_at, UTC_TIMESTAMP(6)); \
+         END IF",
     ] {
-        sqlx::query(sql).execute(store.pool()).await.unwrap();
+        sqlx::raw_sql(sql).execute(store.pool()).await.unwrap();
     }
 }
 
