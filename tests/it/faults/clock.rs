@@ -78,11 +78,7 @@ async fn fault_clock_skew_five_minutes_each_way() {
     let ahead = Duration::from_secs(if size.mode == "full" { 30 } else { 8 });
     let half = size.rows / 2;
     let masters = Masters::start(3);
-    let mut rig = Rig::shared(Size {
-        rows: half,
-        ..size
-    })
-    .await;
+    let mut rig = Rig::shared(Size { rows: half, ..size }).await;
     // The other half falls due `ahead` from now, by the database clock: the
     // worker five minutes ahead must not take them early.
     enqueue_file_rows(&rig.store, size.rows - half, ahead, half).await;

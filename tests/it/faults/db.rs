@@ -268,7 +268,11 @@ async fn provoke_deadlock(store: &Store) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         return;
     }
-    let list = held.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let list = held
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let locked = sqlx::query(&format!(
         "SELECT id FROM notifications WHERE id IN ({list}) FOR UPDATE"
     ))

@@ -42,7 +42,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -105,13 +108,15 @@ async fn fault_disk_full_for_the_file_channel() {
     let sent_during = rig.sent().await - sent_at_full;
     std::fs::remove_file(&ballast).unwrap();
     let window = window_since(start);
-    let failed: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM notifications WHERE status = 'failed'",
-    )
-    .fetch_one(rig.store.pool())
-    .await
-    .unwrap();
-    assert_eq!(failed, 0, "a full disk is transient: nothing may fail for good");
+    let failed: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE status = 'failed'")
+            .fetch_one(rig.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        failed, 0,
+        "a full disk is transient: nothing may fail for good"
+    );
     settle_and_report(
         &rig,
         "disk_full_file_channel",

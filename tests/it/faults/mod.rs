@@ -315,12 +315,11 @@ pub async fn settle_and_report(
         .copied()
         .filter(|id| !bound.contains(id))
         .collect();
-    let early: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM fault_log WHERE status = 'sending' AND at < due",
-    )
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
+    let early: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM fault_log WHERE status = 'sending' AND at < due")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
     let (max_lag_us, last_sent): (Option<i64>, Option<NaiveDateTime>) = sqlx::query_as(
         "SELECT CAST(MAX(TIMESTAMPDIFF(MICROSECOND, send_at, at)) AS SIGNED), MAX(at) \
          FROM fault_log WHERE status = 'sent'",
@@ -328,25 +327,36 @@ pub async fn settle_and_report(
     .fetch_one(store.pool())
     .await
     .unwrap();
-    let recovery_s = last_sent.map_or(-1.0, |t| {
-        ((t - window.end).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0)
-    });
+    let drain_after_s = last_sent.map_or(-1.0, |t| secs(t - window.end).max(0.0));
+    let recovery_s = recovery(store, window, faulted).await;
     let mut line = Figures::new();
-    line.extend(json!({
-        "scenario": scenario,
-        "injected": injected,
-        "mode": rig.size.mode,
-        "rows": rig.rows,
-        "workers": workers.len(),
-        "fault_s": round3((window.end - window.start).num_milliseconds() as f64 / 1e3),
-        "lost": lost.len(),
-        "duplicates": duplicates,
-        "dup_bound": bound.len(),
-        "claimed_early": early,
-        "recovery_s": round3(recovery_s),
-        "max_lag_s": round3(max_lag_us.unwrap_or(0) as f64 / 1e6),
-        "drain_s": round3(drain_s),
-    }), &["scenario", "injected", "lost", "duplicates", "dup_bound", "recovery_s", "max_lag_s"]);
+    line.extend(
+        json!({
+            "scenario": scenario,
+            "injected": injected,
+            "mode": rig.size.mode,
+            "rows": rig.rows,
+            "workers": workers.len(),
+            "fault_s": round3((window.end - window.start).num_milliseconds() as f64 / 1e3),
+            "lost": lost.len(),
+            "duplicates": duplicates,
+            "dup_bound": bound.len(),
+            "claimed_early": early,
+            "recovery_s": round3(recovery_s),
+            "drain_after_s": round3(drain_after_s),
+            "max_lag_s": round3(max_lag_us.unwrap_or(0) as f64 / 1e6),
+            "drain_s": round3(drain_s),
+        }),
+        &[
+            "scenario",
+            "injected",
+            "lost",
+            "duplicates",
+            "dup_bound",
+            "recovery_s",
+            "max_lag_s",
+        ],
+    );
     line.extend(extra, &[]);
     emit(&line);
     let logs = || {
@@ -414,11 +424,7 @@ impl std::fmt::Display for Figures {
 /// change) that had begun by the window's end and not ended before its
 /// start. These are the rows "on the wire or delivered but not yet
 /// recorded" by the workers the fault hit, while it was on.
-pub async fn in_flight_during(
-    store: &Store,
-    w: Window,
-    faulted: Option<&[&str]>,
-) -> BTreeSet<u64> {
+pub async fn in_flight_during(store: &Store, w: Window, faulted: Option<&[&str]>) -> BTreeSet<u64> {
     let log: Vec<(u64, String, Option<String>, NaiveDateTime)> =
         sqlx::query_as("SELECT id, status, claimed_by, at FROM fault_log ORDER BY id, seq")
             .fetch_all(store.pool())
@@ -443,6 +449,32 @@ pub async fn in_flight_during(
         }
     }
     out
+}
+
+/// Seconds from the fault's end until a worker it hit (`None`: any) records
+/// a row sent again: how long the fault outlives its cause. 0 when it hit
+/// no worker; -1 when none ever did.
+async fn recovery(store: &Store, w: Window, faulted: Option<&[&str]>) -> f64 {
+    let mut sql = "SELECT MIN(at) FROM fault_log WHERE status = 'sent' AND at >= ?".to_owned();
+    match faulted {
+        Some([]) => return 0.0,
+        Some(names) => {
+            sql.push_str(" AND claimed_by IN (");
+            sql.push_str(&vec!["?"; names.len()].join(","));
+            sql.push(')');
+        }
+        None => {}
+    }
+    let mut q = sqlx::query_scalar::<_, Option<NaiveDateTime>>(&sql).bind(w.end);
+    for n in faulted.unwrap_or(&[]) {
+        q = q.bind(*n);
+    }
+    let first = q.fetch_one(store.pool()).await.unwrap();
+    first.map_or(-1.0, |t| secs(t - w.end))
+}
+
+fn secs(d: chrono::TimeDelta) -> f64 {
+    d.num_microseconds().unwrap_or(0) as f64 / 1e6
 }
 
 fn round3(x: f64) -> f64 {

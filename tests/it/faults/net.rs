@@ -25,10 +25,11 @@ async fn scenario(name: &str, injected: &str, target: Target, fault: Fault) {
     let mut rig = Rig::shared(size).await;
     let redis_a = ProxySet::start(&masters.urls()).await;
     let mysql_a = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], 3306))).await;
-    let url_a = rig
-        .url
-        .replacen("127.0.0.1:3306", &mysql_a.addr(), 1);
-    assert_ne!(url_a, rig.url, "the test database must be on 127.0.0.1:3306");
+    let url_a = rig.url.replacen("127.0.0.1:3306", &mysql_a.addr(), 1);
+    assert_ne!(
+        url_a, rig.url,
+        "the test database must be on 127.0.0.1:3306"
+    );
     let url_b = rig.url.clone();
     let a = rig.spawn("a", &url_a, &redis_a.urls(), &[]);
     let b = rig.spawn("b", &url_b, &masters.urls(), &[]);

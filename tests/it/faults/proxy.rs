@@ -214,7 +214,10 @@ impl ProxySet {
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.0.iter().map(|p| format!("redis://{}", p.addr())).collect()
+        self.0
+            .iter()
+            .map(|p| format!("redis://{}", p.addr()))
+            .collect()
     }
 
     pub fn set(&self, which: &[usize], fault: Fault) {
@@ -256,12 +259,22 @@ mod tests {
     async fn the_fault_proxy_passes_delays_blackholes_resets_and_goes_half_open() {
         let redis = RedisProc::start();
         let p = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port))).await;
-        assert_eq!(ping(p.port, Duration::from_secs(5)).await.unwrap(), "+PONG\r\n");
+        assert_eq!(
+            ping(p.port, Duration::from_secs(5)).await.unwrap(),
+            "+PONG\r\n"
+        );
 
         p.set(Fault::Latency(Duration::from_millis(150)));
         let t = std::time::Instant::now();
-        assert_eq!(ping(p.port, Duration::from_secs(5)).await.unwrap(), "+PONG\r\n");
-        assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+        assert_eq!(
+            ping(p.port, Duration::from_secs(5)).await.unwrap(),
+            "+PONG\r\n"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
 
         p.set(Fault::BlackHole);
         assert_eq!(
@@ -300,6 +313,9 @@ mod tests {
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
         assert!(p.resets() >= 1);
         p.set(Fault::Pass);
-        assert_eq!(ping(p.port, Duration::from_secs(5)).await.unwrap(), "+PONG\r\n");
+        assert_eq!(
+            ping(p.port, Duration::from_secs(5)).await.unwrap(),
+            "+PONG\r\n"
+        );
     }
 }
