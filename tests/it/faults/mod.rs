@@ -506,3 +506,19 @@ pub fn window_since(start: NaiveDateTime) -> Window {
         end: db_now(),
     }
 }
+
+#[test]
+fn a_line_cut_short_by_a_full_disk_is_not_a_delivery_and_hides_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("d.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\":1,\"at_us\":5}\n{\"id\":2,\"at\
+         {\"id\":3,\"at_us\":5}\n{\"id\":1,\"at_us\":6}\n",
+    )
+    .unwrap();
+    let d = deliveries(&file);
+    assert_eq!(d.get(&1), Some(&2));
+    assert_eq!(d.get(&2), None, "the fragment is no delivery");
+    assert_eq!(d.get(&3), Some(&1), "the line after the fragment counts");
+}

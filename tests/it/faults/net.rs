@@ -61,6 +61,18 @@ async fn scenario(name: &str, injected: &str, target: Target, fault: Fault) {
     .await;
 }
 
+/// The same rig without a fault: the figures the others compare with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_baseline_without_a_fault() {
+    scenario(
+        "baseline",
+        "none (same rig, proxies pass everything)",
+        Target::Redis(&[]),
+        Fault::Pass,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_redis_latency_on_one_worker() {
     scenario(
