@@ -20,6 +20,7 @@ mod clock;
 mod db;
 mod disk;
 mod net;
+mod process;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
@@ -72,7 +73,8 @@ pub struct Rig {
     pub file: PathBuf,
     pub rows: u64,
     pub size: Size,
-    started: Instant,
+    /// When the first worker started.
+    started: Option<Instant>,
     /// Keeps the deliveries file's directory alive.
     _dir: tempfile::TempDir,
     _db: Option<TestDb>,
@@ -123,7 +125,7 @@ impl Rig {
             file,
             rows: size.rows,
             size,
-            started: Instant::now(),
+            started: None,
             _dir: dir,
             _db: db,
         }
@@ -160,7 +162,7 @@ impl Rig {
     ) -> WorkerProc {
         let mut env = self.env(id, redis_urls);
         env.extend(extra.iter().cloned());
-        self.started = Instant::now();
+        self.started.get_or_insert_with(Instant::now);
         WorkerProc::spawn_on(db_url, &self.prefix, &env)
     }
 
@@ -279,7 +281,7 @@ pub async fn settle_and_report(
     while rig.sent().await < rig.rows as i64 && start.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let drain_s = rig.started.elapsed().as_secs_f64();
+    let drain_s = rig.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
     for w in workers.iter() {
         w.signal("TERM");
     }
@@ -328,7 +330,12 @@ pub async fn settle_and_report(
     .await
     .unwrap();
     let drain_after_s = last_sent.map_or(-1.0, |t| secs(t - window.end).max(0.0));
-    let recovery_s = recovery(store, window, faulted).await;
+    // Nothing left to recover when the others finished during the fault.
+    let recovery_s = if drain_after_s == 0.0 {
+        0.0
+    } else {
+        recovery(store, window, faulted).await
+    };
     let mut line = Figures::new();
     line.extend(
         json!({
