@@ -12,7 +12,8 @@
 //! deliveries file is the receiver's view (one line per delivery).
 //!
 //! Short mode (default, CI) uses small backlogs and 3 s faults; set
-//! `HERALD_FAULTS=full` for big backlogs and 20 s faults.
+//! `HERALD_FAULTS=full` for big backlogs and 20 s faults. README.md
+//! ("Measured: the fault suite") has the commands and the figures.
 
 pub mod proxy;
 
