@@ -178,7 +178,7 @@ async fn fault_lock_wait_timeouts_and_deadlocks_in_the_claim() {
         }
         let window = window_since(start);
         let waits = global_status(&admin, "Innodb_row_lock_waits").await - before;
-        let logged = count_in_logs(&workers, "1205");
+        let logged = count_in_logs(&workers, "Lock wait timeout exceeded");
         settle_and_report(
             &rig,
             "lock_wait_timeout",
@@ -188,7 +188,7 @@ async fn fault_lock_wait_timeouts_and_deadlocks_in_the_claim() {
             None,
             json!({
                 "row_lock_waits": waits,
-                "error_1205_logged": logged,
+                "lock_wait_errors_logged": logged,
             }),
         )
         .await;
@@ -222,7 +222,7 @@ async fn fault_lock_wait_timeouts_and_deadlocks_in_the_claim() {
         }
         let window = window_since(start);
         let deadlocks = global_status(&admin, "Innodb_deadlocks").await - before;
-        let logged = count_in_logs(&workers, "1213");
+        let logged = count_in_logs(&workers, "Deadlock found");
         settle_and_report(
             &rig,
             "deadlock_in_claim",
@@ -233,7 +233,7 @@ async fn fault_lock_wait_timeouts_and_deadlocks_in_the_claim() {
             json!({
                 "deadlocks": deadlocks,
                 "provocations": attempts,
-                "error_1213_logged": logged,
+                "deadlock_errors_logged": logged,
             }),
         )
         .await;
