@@ -3,6 +3,7 @@
 
 mod bench;
 mod companions;
+mod faults;
 mod foundation;
 mod helpers;
 mod lock;

@@ -19,7 +19,13 @@ impl MariaDbProc {
     /// Initialises a data directory and starts the server.
     pub fn start() -> MariaDbProc {
         let dir = tempfile::tempdir().unwrap();
+        // Each server its own TMPDIR: concurrent bootstraps sharing /tmp
+        // remove each other's temporary tables ("Unknown table
+        // 'mysql.tmp_user_sys'").
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
         let out = Command::new("mariadb-install-db")
+            .env("TMPDIR", &tmp)
             .args([
                 "--no-defaults",
                 "--auth-root-authentication-method=normal",
@@ -50,6 +56,7 @@ impl MariaDbProc {
     fn spawn(&mut self) {
         let d = self.dir.path();
         let child = Command::new("mariadbd")
+            .env("TMPDIR", d.join("tmp"))
             .arg("--no-defaults")
             .arg(format!("--datadir={}", d.join("data").display()))
             .arg(format!("--socket={}", d.join("sock").display()))
