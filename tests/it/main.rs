@@ -3,6 +3,7 @@
 
 mod bench;
 mod companions;
+mod deploy;
 mod foundation;
 mod helpers;
 mod lock;
