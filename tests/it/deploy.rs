@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use herald::lock::LockConfig;
 use herald::secret::SecretUrl;
+use serde::Deserialize as _;
 use serde_norway::Value;
 
 use crate::helpers::{herald, run_with_stdin, text, wait_until, TestDb, WorkerProc};
@@ -50,8 +51,6 @@ fn yaml_docs(rel: &str) -> Vec<Value> {
         })
         .collect()
 }
-
-use serde::Deserialize as _;
 
 fn s(v: &Value) -> String {
     match v {
