@@ -3,6 +3,7 @@
 
 mod bench;
 mod companions;
+mod deploy;
 mod faults;
 mod foundation;
 mod helpers;
