@@ -8,6 +8,7 @@ use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
 
 use crate::cleanup::config::{CleanupConfig, CleanupTaskArgs};
+use crate::policy::{RetryPolicy, RetrySchedule};
 use crate::secret::SecretString;
 use crate::setting::ConfigError;
 use crate::transport::{TransportConfigError, TransportSettings};
@@ -47,18 +48,32 @@ pub struct WorkerArgs {
     #[arg(long, env = "HERALD_SEND_TIMEOUT_MS", default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub send_timeout_ms: u64,
-    /// Attempts before a transiently failing row is marked failed.
-    #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 5,
-        value_parser = clap::value_parser!(u32).range(1..=1_000))]
-    pub max_attempts: u32,
-    /// First retry delay cap in milliseconds (full jitter, doubling per attempt).
-    #[arg(long, env = "HERALD_RETRY_BASE_MS", default_value_t = 1_000,
+    /// Delays between delivery attempts, e.g. 30s,2m,10m,30m,2h,8h,16h (the
+    /// default: eight attempts over ~27 h); the number of attempts is one more
+    /// than the number of delays; `none` = no retries.
+    #[arg(long, env = "HERALD_RETRY_SCHEDULE", value_name = "DELAYS")]
+    pub retry_schedule: Option<String>,
+    /// Least delay after a timeout or a 429, whatever the schedule says.
+    #[arg(long, env = "HERALD_RETRY_THROTTLE_FLOOR", default_value = "10s",
+        value_parser = crate::setting::parse_duration)]
+    pub retry_throttle_floor: Duration,
+    /// Longest `Retry-After` honoured; a receiver asking for more gets this.
+    #[arg(long, env = "HERALD_RETRY_AFTER_MAX", default_value = "24h",
+        value_parser = crate::setting::parse_duration)]
+    pub retry_after_max: Duration,
+    /// Older shape of the schedule: attempts in all (with HERALD_RETRY_BASE_MS
+    /// and HERALD_RETRY_MAX_MS: base × 2^n, capped). Not with HERALD_RETRY_SCHEDULE.
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS",
+        value_parser = clap::value_parser!(u32).range(1..=101))]
+    pub max_attempts: Option<u32>,
+    /// Older shape: first retry delay in milliseconds (default 1000).
+    #[arg(long, env = "HERALD_RETRY_BASE_MS",
         value_parser = clap::value_parser!(u64).range(1..=30 * 86_400_000))]
-    pub retry_base_ms: u64,
-    /// Largest retry delay in milliseconds.
-    #[arg(long, env = "HERALD_RETRY_MAX_MS", default_value_t = 3_600_000,
+    pub retry_base_ms: Option<u64>,
+    /// Older shape: largest retry delay in milliseconds (default 3600000).
+    #[arg(long, env = "HERALD_RETRY_MAX_MS",
         value_parser = clap::value_parser!(u64).range(1..=30 * 86_400_000))]
-    pub retry_max_ms: u64,
+    pub retry_max_ms: Option<u64>,
     /// On SIGTERM/SIGINT, how long in-flight sends may take before their claims are handed back.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
@@ -118,9 +133,8 @@ pub struct WorkerConfig {
     pub lock_scope: LockScope,
     pub poll_interval: Duration,
     pub send_timeout: Duration,
-    pub max_attempts: u32,
-    pub retry_base: Duration,
-    pub retry_max: Duration,
+    /// When and how often a failed delivery is tried again.
+    pub retry: RetryPolicy,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     pub cleanup: Option<CleanupConfig>,
@@ -131,19 +145,55 @@ pub struct WorkerConfig {
 }
 
 impl WorkerArgs {
+    /// The retry policy from `HERALD_RETRY_SCHEDULE`, or from the older
+    /// `HERALD_MAX_ATTEMPTS` / `HERALD_RETRY_BASE_MS` / `HERALD_RETRY_MAX_MS`
+    /// (translated into a schedule, so the worker knows one shape only).
+    /// Both at once is an error: one of them would be silently ignored.
+    fn retry_policy(&self) -> Result<RetryPolicy, ConfigError> {
+        const ENV: &str = "HERALD_RETRY_SCHEDULE";
+        const FLAG: &str = "--retry-schedule";
+        let legacy = self.max_attempts.is_some()
+            || self.retry_base_ms.is_some()
+            || self.retry_max_ms.is_some();
+        let schedule = match (&self.retry_schedule, legacy) {
+            (Some(_), true) => {
+                return Err(ConfigError::new(
+                    ENV,
+                    FLAG,
+                    "set either the schedule or HERALD_MAX_ATTEMPTS/HERALD_RETRY_BASE_MS/HERALD_RETRY_MAX_MS, not both",
+                ))
+            }
+            (Some(raw), false) => RetrySchedule::parse(raw)
+                .map_err(|e| ConfigError::new(ENV, FLAG, e.to_string()))?,
+            (None, true) => {
+                let base = self.retry_base_ms.unwrap_or(1_000);
+                let max = self.retry_max_ms.unwrap_or(3_600_000);
+                if base > max {
+                    return Err(ConfigError::new(
+                        "HERALD_RETRY_BASE_MS",
+                        "--retry-base-ms",
+                        format!("{base} is out of range 1..={max} (HERALD_RETRY_MAX_MS)"),
+                    ));
+                }
+                RetrySchedule::exponential(
+                    Duration::from_millis(base),
+                    Duration::from_millis(max),
+                    self.max_attempts.unwrap_or(5),
+                )
+            }
+            (None, false) => RetrySchedule::default(),
+        };
+        Ok(RetryPolicy {
+            schedule,
+            throttle_floor: self.retry_throttle_floor,
+            retry_after_cap: self.retry_after_max,
+        })
+    }
+
     /// What clap cannot check: relations between settings and parsed
     /// values. Ranges are checked by clap when the flags are read.
     pub fn validate(&self) -> Result<WorkerConfig, ConfigError> {
-        if self.retry_base_ms > self.retry_max_ms {
-            return Err(ConfigError::new(
-                "HERALD_RETRY_BASE_MS",
-                "--retry-base-ms",
-                format!(
-                    "{} is out of range 1..={} (HERALD_RETRY_MAX_MS)",
-                    self.retry_base_ms, self.retry_max_ms
-                ),
-            ));
-        }
+        let retry = self.retry_policy()?;
         if self.send_timeout_ms * 2 > self.lock_ttl_ms {
             return Err(ConfigError::new(
                 "HERALD_LOCK_TTL_MS",
@@ -185,9 +235,7 @@ impl WorkerArgs {
             lock_scope: self.lock_scope,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             send_timeout: Duration::from_millis(self.send_timeout_ms),
-            max_attempts: self.max_attempts,
-            retry_base: Duration::from_millis(self.retry_base_ms),
-            retry_max: Duration::from_millis(self.retry_max_ms),
+            retry,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             worker_id,
             cleanup: if self.cleanup.enabled {

@@ -75,6 +75,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
+pub use crate::policy::RetryCause;
 use crate::secret::SecretString;
 
 pub use channels::{parse_channels, parse_webhook_url, ChannelKind, ChannelSpec};
@@ -108,6 +109,9 @@ pub enum SendOutcome {
     Transient {
         reason: String,
         retry_after: Option<Duration>,
+        /// Timeouts and 429 get a floor under their retry delay: the
+        /// receiver is struggling, and an early retry adds to its load.
+        cause: RetryCause,
     },
     /// Retrying cannot help: other 4xx, redirects, bad configuration.
     Permanent {
@@ -120,6 +124,16 @@ impl SendOutcome {
         SendOutcome::Transient {
             reason: reason.into(),
             retry_after: None,
+            cause: RetryCause::Error,
+        }
+    }
+
+    /// The receiver did not answer in time.
+    pub fn timeout(reason: impl Into<String>) -> Self {
+        SendOutcome::Transient {
+            reason: reason.into(),
+            retry_after: None,
+            cause: RetryCause::Timeout,
         }
     }
 

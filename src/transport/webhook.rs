@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{Delivery, SendOutcome, Signer, Transport};
+use super::{Delivery, RetryCause, SendOutcome, Signer, Transport};
 use crate::secret::redact_url;
 
 /// Idle connections kept per host. The worker runs up to `HERALD_CONCURRENCY`
@@ -175,9 +175,15 @@ impl WebhookTransport {
             reason.push_str(&snippet);
         }
         if is_transient(status) {
+            let cause = match status.as_u16() {
+                429 => RetryCause::Throttled,
+                408 => RetryCause::Timeout,
+                _ => RetryCause::Error,
+            };
             SendOutcome::Transient {
                 reason,
                 retry_after,
+                cause,
             }
         } else {
             SendOutcome::Permanent { reason }
@@ -188,7 +194,7 @@ impl WebhookTransport {
         // The URL may carry a token; reasons end up in the database.
         let e = e.without_url();
         if e.is_timeout() {
-            return SendOutcome::transient(format!(
+            return SendOutcome::timeout(format!(
                 "timeout after {}",
                 fmt_duration(self.send_timeout)
             ));

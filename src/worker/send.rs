@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::backoff::retry_delay;
 use super::finish::Done;
 use super::poll::ClaimBatch;
 use super::Shared;
@@ -132,10 +131,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
     // guards against a transport that does not.
     let outer = cfg.send_timeout + Duration::from_secs(1);
     let outcome = tokio::select! {
-        o = tokio::time::timeout(outer, transport.send(&delivery)) => o.unwrap_or_else(|_| SendOutcome::Transient {
-            reason: format!("timeout after {outer:?}"),
-            retry_after: None,
-        }),
+        o = tokio::time::timeout(outer, transport.send(&delivery)) => o.unwrap_or_else(|_| SendOutcome::timeout(format!("timeout after {outer:?}"))),
         _ = shared.abort.cancelled() => {
             tracing::warn!(id = row.id, "send cut off by shutdown; handing back");
             return (Finish::HandBack, None);
@@ -170,16 +166,22 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         SendOutcome::Transient {
             reason,
             retry_after,
+            cause,
         } => {
-            if row.attempts >= cfg.max_attempts {
-                tracing::info!(id = row.id, attempts = row.attempts, reason = %reason, "giving up");
+            let Some(delay) = cfg.retry.delay_after(row.attempts, cause, retry_after) else {
+                tracing::warn!(id = row.id, attempts = row.attempts, reason = %reason, "giving up: retry schedule used up");
                 return (
                     failed(format!("gave up after {} attempts: {reason}", row.attempts)),
                     None,
                 );
-            }
-            let delay = retry_delay(row.attempts, cfg.retry_base, cfg.retry_max, retry_after);
-            tracing::debug!(id = row.id, attempt = row.attempts, ?delay, reason = %reason, "retrying later");
+            };
+            tracing::info!(
+                id = row.id,
+                attempt = row.attempts,
+                delay_ms = delay.as_millis() as u64,
+                reason = %reason,
+                "retrying later"
+            );
             (
                 Finish::Retry {
                     delay_us: delay.as_micros() as i64,

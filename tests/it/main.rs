@@ -9,6 +9,7 @@ mod foundation;
 mod helpers;
 mod lock;
 mod mariadb_proc;
+mod policy;
 mod receiver;
 mod redis_procs;
 mod store_edges;

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use herald::secret::SecretString;
 use herald::transport::{
     decode_secret, parse_channels, verify_signature, ChannelKind, ChannelSpec, Delivery,
-    FileTransport, LogTransport, SendOutcome, Transport, TransportConfigError, TransportSettings,
-    Transports,
+    FileTransport, LogTransport, RetryCause, SendOutcome, Transport, TransportConfigError,
+    TransportSettings, Transports,
 };
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -274,12 +274,14 @@ async fn webhook_classifies_statuses_and_honours_retry_after() {
         SendOutcome::Transient {
             reason: "HTTP 503: down for maintenance".into(),
             retry_after: Some(Duration::from_secs(7)),
+            cause: RetryCause::Error,
         }
     );
     match send(&t, "unavailable-until").await {
         SendOutcome::Transient {
             reason,
             retry_after: Some(after),
+            ..
         } => {
             assert_eq!(reason, "HTTP 503 Service Unavailable");
             assert!(
@@ -294,11 +296,15 @@ async fn webhook_classifies_statuses_and_honours_retry_after() {
         SendOutcome::Transient {
             reason: "HTTP 429: slow down".into(),
             retry_after: None,
+            cause: RetryCause::Throttled,
         }
     );
     assert!(matches!(
         send(&t, "request-timeout").await,
-        SendOutcome::Transient { .. }
+        SendOutcome::Transient {
+            cause: RetryCause::Timeout,
+            ..
+        }
     ));
     assert_eq!(
         send(&t, "bad").await,
@@ -333,7 +339,7 @@ async fn webhook_timeout_is_transient_and_bounded() {
     let started = Instant::now();
     let out = send(&t, "hang").await;
     let took = started.elapsed();
-    assert_eq!(out, SendOutcome::transient("timeout after 300ms"));
+    assert_eq!(out, SendOutcome::timeout("timeout after 300ms"));
     assert!(took >= Duration::from_millis(300), "{took:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert_eq!(rcv.drain().len(), 1, "the request did reach the receiver");
@@ -356,6 +362,7 @@ async fn webhook_connection_refused_is_transient() {
         SendOutcome::Transient {
             reason,
             retry_after: None,
+            cause: RetryCause::Error,
         } => {
             assert!(reason.starts_with("connect: "), "{reason}");
             assert!(reason.to_lowercase().contains("refused"), "{reason}");
