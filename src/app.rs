@@ -10,7 +10,7 @@ use crate::lock::{LockConfig, Redlock};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::transport::Transports;
-use crate::worker::{Deps, Totals, Worker};
+use crate::worker::{Deps, Totals, Worker, WorkerHandle};
 
 /// Everything a worker process runs with.
 #[derive(Debug, Clone)]
@@ -75,6 +75,16 @@ impl App {
 
     /// Runs until `shutdown` is cancelled and everything has drained.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<Totals> {
+        self.run_with(shutdown, |_| {}).await
+    }
+
+    /// [`App::run`], handing the worker's handle to `on_start` first (the
+    /// signal glue needs it to cut a drain short).
+    pub async fn run_with(
+        self,
+        shutdown: CancellationToken,
+        on_start: impl FnOnce(WorkerHandle),
+    ) -> anyhow::Result<Totals> {
         for (channel, kind) in self.deps.transports.describe() {
             tracing::info!(channel, kind, "channel configured");
         }
@@ -101,6 +111,7 @@ impl App {
             self.settings.regions.clone(),
         );
         let handle = worker.handle();
+        on_start(handle.clone());
         let companions = crate::companions::spawn(&self, handle, shutdown.clone())
             .await
             .context("starting the HTTP server, cleanup and stats tasks")?;

@@ -11,10 +11,11 @@
 //! lease expired (their worker crashed).
 
 use chrono::{DateTime, Utc};
-use sqlx::mysql::MySqlRow;
+use sqlx::mysql::{MySql, MySqlConnection, MySqlRow};
+use sqlx::pool::PoolConnection;
 use std::fmt::Write;
 
-use sqlx::{MySqlPool, Row};
+use sqlx::{Executor, MySqlPool, Row};
 
 use super::literal;
 
@@ -110,9 +111,10 @@ pub async fn candidates(
     Ok(out)
 }
 
-/// Claims the rows among `ids` that are still available, fenced by `token`.
-/// Returns how many rows the claim took; the caller reads them back with
-/// [`fetch_claimed`] when that is fewer than it asked for.
+/// Claims the rows among `ids` that are still available, fenced by `token`,
+/// and returns how many it took. The worker uses [`claim_rows`], which also
+/// reads them back in the same round trip; this form serves the ceiling
+/// benchmark, which measures the read-back on its own.
 pub async fn claim(
     pool: &MySqlPool,
     ids: &[u64],
@@ -121,30 +123,256 @@ pub async fn claim(
     worker_id: &str,
     lease_us: i64,
 ) -> Result<u64, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(0);
+    let claim = Claim {
+        ids,
+        regions,
+        token,
+        worker_id,
+        lease_us,
+    };
+    Ok(claim.run(pool, false).await?.0)
+}
+
+/// Claims the rows among `ids` that are still available, fenced by `token`,
+/// and reads them back.
+///
+/// The claim never waits for a row another transaction has locked (an
+/// application's `SELECT … FOR UPDATE`, say): it would stall the whole batch
+/// and, through it, every worker for as long as that transaction lives. A
+/// plain `UPDATE … WHERE id IN (…)` waits, and MariaDB has no `SKIP LOCKED`
+/// for `UPDATE`, so the claim is a short transaction:
+///
+/// 1. `SELECT id … FOR UPDATE SKIP LOCKED` (READ COMMITTED, so no gap
+///    locks): locks the rows that are free and still claimable, skips the
+///    rest;
+/// 2. the fenced `UPDATE` of exactly those ids, the read-back of the rows
+///    now carrying our token, and `COMMIT`, as one multi-statement round
+///    trip.
+///
+/// That is two round trips, as many as the former `UPDATE` plus read-back;
+/// the database does one locking read more. Rows skipped here stay pending
+/// and are picked up by a later poll. (A short `innodb_lock_wait_timeout`
+/// instead would still stall each batch for the timeout and then fail it
+/// whole.)
+///
+/// The connection is closed rather than returned to the pool if anything
+/// fails or the caller gives up between `START TRANSACTION` and `COMMIT`,
+/// so no pooled connection ever carries an open transaction (and its row
+/// locks); the server rolls back on disconnect.
+pub async fn claim_rows(
+    pool: &MySqlPool,
+    ids: &[u64],
+    regions: &[String],
+    token: &[u8; 16],
+    worker_id: &str,
+    lease_us: i64,
+) -> Result<Vec<ClaimedRead>, sqlx::Error> {
+    let claim = Claim {
+        ids,
+        regions,
+        token,
+        worker_id,
+        lease_us,
+    };
+    Ok(claim.run(pool, true).await?.1)
+}
+
+struct Claim<'a> {
+    ids: &'a [u64],
+    regions: &'a [String],
+    token: &'a [u8; 16],
+    worker_id: &'a str,
+    lease_us: i64,
+}
+
+/// A pooled connection inside a transaction: closed instead of pooled when
+/// dropped before [`TxConn::done`].
+struct TxConn(Option<PoolConnection<MySql>>);
+
+impl TxConn {
+    fn conn(&mut self) -> &mut MySqlConnection {
+        self.0.as_mut().expect("connection taken")
     }
-    let mut sql = String::with_capacity(ids.len() * 8 + 512);
-    sql.push_str("UPDATE notifications SET status = 'sending', claim_token = ");
-    literal::bytes(&mut sql, token);
-    sql.push_str(", claimed_by = ");
-    literal::text(&mut sql, worker_id);
-    // due_at repeats the expression rather than `due_at = lease_until`, which
-    // would depend on assignment order (MariaDB's SIMULTANEOUS_ASSIGNMENT
-    // mode changes it).
-    let _ = write!(
-        sql,
-        ", lease_until = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND, \
-         due_at = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND, \
-         attempts = attempts + 1 WHERE id IN ("
+
+    /// The transaction ended (committed or rolled back): pool it again.
+    fn done(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl Claim<'_> {
+    /// The claimable condition, shared by the locking read and the update.
+    fn condition(&self, sql: &mut String, ids: &[u64]) {
+        sql.push_str(" WHERE id IN (");
+        literal::ids(sql, ids);
+        sql.push_str(
+            ") AND status IN ('pending', 'sending') AND due_at <= UTC_TIMESTAMP(6) AND region IN (",
+        );
+        literal::texts(sql, self.regions.iter().map(String::as_str));
+        sql.push(')');
+    }
+
+    /// Returns how many rows were claimed and, with `read_back`, the rows.
+    async fn run(
+        &self,
+        pool: &MySqlPool,
+        read_back: bool,
+    ) -> Result<(u64, Vec<ClaimedRead>), sqlx::Error> {
+        if self.ids.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let mut tx = TxConn(Some(pool.acquire().await?));
+        let mut sql = String::with_capacity(self.ids.len() * 8 + 512);
+        sql.push_str(
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; SELECT id FROM notifications",
+        );
+        self.condition(&mut sql, self.ids);
+        sql.push_str(" FOR UPDATE SKIP LOCKED");
+        let locked: Vec<u64> = tx
+            .conn()
+            .fetch_all(sqlx::raw_sql(&sql))
+            .await?
+            .iter()
+            .map(|r| r.try_get::<u64, _>(0))
+            .collect::<Result<_, _>>()?;
+        if locked.is_empty() {
+            tx.conn().execute(sqlx::raw_sql("ROLLBACK")).await?;
+            tx.done();
+            return Ok((0, Vec::new()));
+        }
+
+        sql.clear();
+        sql.push_str("UPDATE notifications SET status = 'sending', claim_token = ");
+        literal::bytes(&mut sql, self.token);
+        sql.push_str(", claimed_by = ");
+        literal::text(&mut sql, self.worker_id);
+        // due_at repeats the expression rather than `due_at = lease_until`,
+        // which would depend on assignment order (MariaDB's
+        // SIMULTANEOUS_ASSIGNMENT mode changes it). attempts saturates: a
+        // count another service set to the column's maximum must not make
+        // the claim of the whole batch fail with "out of range".
+        let lease_us = self.lease_us;
+        let _ = write!(
+            sql,
+            ", lease_until = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND, \
+             due_at = UTC_TIMESTAMP(6) + INTERVAL {lease_us} MICROSECOND, \
+             attempts = LEAST(attempts, {}) + 1",
+            u32::MAX - 1
+        );
+        self.condition(&mut sql, &locked);
+        sql.push_str("; ");
+        if read_back {
+            read_back_sql(&mut sql, &locked, self.token);
+            sql.push_str("; ");
+        }
+        sql.push_str("COMMIT");
+        let out = if read_back {
+            let rows = tx.conn().fetch_all(sqlx::raw_sql(&sql)).await?;
+            let rows: Vec<ClaimedRead> = rows.iter().map(decode_claimed).collect();
+            (rows.len() as u64, rows)
+        } else {
+            let n = tx
+                .conn()
+                .execute(sqlx::raw_sql(&sql))
+                .await?
+                .rows_affected();
+            (n, Vec::new())
+        };
+        tx.done();
+        Ok(out)
+    }
+}
+
+/// Whether a statement failed because of what one row holds (a value out
+/// of range, a failed `CHECK`, a trigger's `SIGNAL`, …) rather than because
+/// of the connection, the server or a lock. Only such failures are worth
+/// splitting a batch for: the same statement on fewer rows may succeed.
+pub fn is_row_error(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    let code = db
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|m| m.number());
+    // Lock waits, deadlocks, interruptions and read-only servers are about
+    // the moment, not the row.
+    if matches!(code, Some(1205 | 1213 | 1317 | 1290 | 1792 | 1927 | 1053)) {
+        return false;
+    }
+    let class = db.code().map(|c| c.chars().take(2).collect::<String>());
+    // 22: data exception; 23: integrity constraint (CHECK, NOT NULL, keys);
+    // 45: a trigger's SIGNAL; HY/01 carry MySQL's value errors in strict mode.
+    matches!(class.as_deref(), Some("22" | "23" | "45"))
+        || matches!(
+            code,
+            Some(1264 | 1265 | 1292 | 1366 | 1367 | 1406 | 1411 | 1690 | 3140 | 3819 | 4025 | 1644)
+        )
+}
+
+/// Marks one row failed with `reason`, for a row that a claim or finish
+/// cannot write. Touches only status, finish time and error; if even that
+/// fails on the row's content (a `CHECK` on a column another service wrote
+/// with checks off), retries once with MariaDB's `check_constraint_checks`
+/// off for that statement. Returns whether the row changed.
+///
+/// With `token`, only while the row is still claimed under it (a finish);
+/// without, only while it is pending or sending (a claim that failed).
+pub async fn mark_failed(
+    pool: &MySqlPool,
+    id: u64,
+    token: Option<&[u8; 16]>,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut write = String::from(
+        "UPDATE notifications SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
+         lease_until = NULL, last_error = ? WHERE id = ? AND ",
     );
-    literal::ids(&mut sql, ids);
+    match token {
+        Some(t) => {
+            write.push_str("status = 'sending' AND claim_token = ");
+            literal::bytes(&mut write, t);
+        }
+        None => write.push_str("status IN ('pending', 'sending')"),
+    }
+    let reason = truncate(reason);
+    match sqlx::query(&write)
+        .bind(reason)
+        .bind(id)
+        .execute(pool)
+        .await
+    {
+        Ok(r) => Ok(r.rows_affected() > 0),
+        Err(e) if is_row_error(&e) => {
+            let r = sqlx::query(&format!(
+                "SET STATEMENT check_constraint_checks = 0 FOR {write}"
+            ))
+            .bind(reason)
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(r.rows_affected() > 0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn read_back_sql(sql: &mut String, ids: &[u64], token: &[u8; 16]) {
     sql.push_str(
-        ") AND status IN ('pending', 'sending') AND due_at <= UTC_TIMESTAMP(6) AND region IN (",
+        "SELECT id, user_id, channel, CAST(payload AS CHAR) AS payload, dedupe_key, send_at, due_at, expires_at, attempts \
+         FROM notifications WHERE id IN (",
     );
-    literal::texts(&mut sql, regions.iter().map(String::as_str));
-    sql.push(')');
-    Ok(sqlx::raw_sql(&sql).execute(pool).await?.rows_affected())
+    literal::ids(sql, ids);
+    sql.push_str(") AND claim_token = ");
+    literal::bytes(sql, token);
+    sql.push_str(" AND status = 'sending'");
 }
 
 /// One claimed row, or the reason it could not be read. Rows written badly
@@ -159,14 +387,7 @@ pub async fn fetch_claimed(
     token: &[u8; 16],
 ) -> Result<Vec<ClaimedRead>, sqlx::Error> {
     let mut sql = String::with_capacity(ids.len() * 8 + 256);
-    sql.push_str(
-        "SELECT id, user_id, channel, CAST(payload AS CHAR) AS payload, dedupe_key, send_at, due_at, expires_at, attempts \
-         FROM notifications WHERE id IN (",
-    );
-    literal::ids(&mut sql, ids);
-    sql.push_str(") AND claim_token = ");
-    literal::bytes(&mut sql, token);
-    sql.push_str(" AND status = 'sending'");
+    read_back_sql(&mut sql, ids, token);
     let rows = sqlx::raw_sql(&sql).fetch_all(pool).await?;
     Ok(rows.iter().map(decode_claimed).collect())
 }
@@ -210,9 +431,10 @@ pub enum Finish {
     HandBack,
 }
 
-/// How many rows each kind of finish changed. `lost` counts writes that
-/// changed nothing because the claim was lost: those rows were left as the
-/// new owner has them.
+/// How many rows each kind of finish recorded (now, or in an earlier
+/// attempt of the same write). `lost` counts writes that changed nothing
+/// because the claim was lost: those rows were left as the new owner has
+/// them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FinishCounts {
     pub sent: u64,
@@ -249,14 +471,21 @@ pub async fn finish(
         literal::bytes(&mut sql, token);
         sql.push_str(" AND status = 'sending'");
         counts.sent = sqlx::raw_sql(&sql).execute(pool).await?.rows_affected();
-        counts.lost += sent.len() as u64 - counts.sent;
+        if counts.sent < sent.len() as u64 {
+            let sent_rows: Vec<(u64, Finish)> = sent.iter().map(|id| (*id, Finish::Sent)).collect();
+            // Which ones did not change is unknown; recount them all.
+            counts.sent = 0;
+            recount_unchanged(pool, token, &sent_rows, &mut counts).await?;
+        }
     }
     let others: Vec<&(u64, Finish)> = rows.iter().filter(|(_, f)| *f != Finish::Sent).collect();
     if others.is_empty() {
         return Ok(counts);
     }
     let mut tx = pool.begin().await?;
-    for (id, f) in others {
+    let mut unchanged: Vec<&(u64, Finish)> = Vec::new();
+    for pair in others {
+        let (id, f) = pair;
         let (q, slot) = match f {
             Finish::Sent => unreachable!("filtered above"),
             Finish::Retry { delay_us, error } => (
@@ -298,10 +527,77 @@ pub async fn finish(
             .await?
             .rows_affected();
         *slot += changed;
-        counts.lost += 1 - changed.min(1);
+        if changed == 0 {
+            unchanged.push(pair);
+        }
     }
     tx.commit().await?;
+    if !unchanged.is_empty() {
+        let owned: Vec<(u64, Finish)> = unchanged.into_iter().cloned().collect();
+        recount_unchanged(pool, token, &owned, &mut counts).await?;
+    }
     Ok(counts)
+}
+
+/// The status a finish leaves a row in.
+fn final_status(f: &Finish) -> &'static str {
+    match f {
+        Finish::Sent => "sent",
+        Finish::Failed { .. } => "failed",
+        Finish::Expired => "expired",
+        Finish::Retry { .. } | Finish::HandBack => "pending",
+    }
+}
+
+/// Sorts rows a finish write did not change into "already recorded" and
+/// "claim lost".
+///
+/// A write changes nothing when the claim was lost (the lease expired and
+/// another instance re-claimed the row), but also when it is a retry of a
+/// write that did commit and whose reply never arrived (a killed
+/// connection, a timeout). Counting the latter as lost misreports rows that
+/// were recorded exactly once and inflates `herald_lost_ownership_total`.
+/// A row that still carries our token and already has the status we meant
+/// to write is ours and done: another owner would have replaced the token.
+/// Costs one read, only when something did not change.
+async fn recount_unchanged(
+    pool: &MySqlPool,
+    token: &[u8; 16],
+    rows: &[(u64, Finish)],
+    counts: &mut FinishCounts,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
+    let mut sql = String::with_capacity(ids.len() * 8 + 128);
+    sql.push_str("SELECT id, CAST(status AS CHAR) AS status FROM notifications WHERE id IN (");
+    literal::ids(&mut sql, &ids);
+    sql.push_str(") AND claim_token = ");
+    literal::bytes(&mut sql, token);
+    let found: std::collections::HashMap<u64, String> = sqlx::raw_sql(&sql)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.try_get::<u64, _>(0).ok()?,
+                r.try_get::<String, _>(1).ok()?,
+            ))
+        })
+        .collect();
+    for (id, f) in rows {
+        if found.get(id).map(String::as_str) != Some(final_status(f)) {
+            counts.lost += 1;
+            continue;
+        }
+        let slot = match f {
+            Finish::Sent => &mut counts.sent,
+            Finish::Retry { .. } => &mut counts.retried,
+            Finish::Failed { .. } => &mut counts.failed,
+            Finish::Expired => &mut counts.expired,
+            Finish::HandBack => &mut counts.handed_back,
+        };
+        *slot += 1;
+    }
+    Ok(())
 }
 
 /// `last_error` is VARCHAR(1024); cut on a character boundary.

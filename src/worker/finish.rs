@@ -113,7 +113,7 @@ async fn write_group(shared: &Shared, g: Group) {
         attempt += 1;
         // A database that hangs (rather than fails) must not hold the rows
         // and their send slots forever: bound each attempt.
-        let write = claim::finish(shared.deps.store.pool(), &token, &g.rows);
+        let write = finish_isolating(shared.deps.store.pool(), &token, &g.rows);
         let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
@@ -165,6 +165,51 @@ async fn write_group(shared: &Shared, g: Group) {
     let left = shared.in_flight.fetch_sub(n, Ordering::AcqRel) - n;
     shared.deps.metrics.in_flight.set(left as i64);
     shared.room.notify_waiters();
+}
+
+/// Writes the finishes; when the write fails because of what one row holds
+/// (a trigger or constraint another service added), splits the rows until
+/// that row is alone and marks it failed with the reason, so the others are
+/// recorded and one row cannot hold its batch's rows (and send slots)
+/// forever.
+async fn finish_isolating(
+    pool: &sqlx::MySqlPool,
+    token: &[u8; 16],
+    rows: &[(u64, Finish)],
+) -> Result<FinishCounts, sqlx::Error> {
+    let mut total = FinishCounts::default();
+    let mut parts: Vec<&[(u64, Finish)]> = vec![rows];
+    while let Some(part) = parts.pop() {
+        match claim::finish(pool, token, part).await {
+            Ok(c) => {
+                total.sent += c.sent;
+                total.retried += c.retried;
+                total.failed += c.failed;
+                total.expired += c.expired;
+                total.handed_back += c.handed_back;
+                total.lost += c.lost;
+            }
+            Err(e) if claim::is_row_error(&e) && part.len() > 1 => {
+                let (a, b) = part.split_at(part.len() / 2);
+                parts.push(b);
+                parts.push(a);
+            }
+            Err(e) if claim::is_row_error(&e) => {
+                let (id, finish) = &part[0];
+                let reason = format!("recording the outcome ({finish:?}) failed: {e}");
+                tracing::warn!(id, reason = %reason, "row cannot be finished; marking it failed");
+                if claim::mark_failed(pool, *id, Some(token), &reason).await? {
+                    total.failed += 1;
+                } else {
+                    total.lost += 1;
+                }
+            }
+            // Parts already written are recognised as done when the whole
+            // write is retried (see `claim::finish`).
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
 }
 
 fn record(shared: &Shared, g: &Group, c: FinishCounts) {

@@ -25,8 +25,9 @@ pub mod process;
 pub mod send;
 pub(crate) mod spread;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -112,9 +113,40 @@ pub(crate) struct Shared {
     /// Last time the poll loop completed a round; `/livez` reads it.
     pub heartbeat: AtomicU64,
     pub started: Instant,
+    /// Rows that could neither be claimed nor marked failed (their content
+    /// breaks every write): left alone so the rest keeps flowing.
+    pub skipped: Mutex<HashSet<u64>>,
+    /// Since when polls have failed without a success in between, and the
+    /// last error; `/readyz` reports it once it lasts.
+    pub poll_failing: Mutex<Option<(Instant, String)>>,
 }
 
 impl Shared {
+    pub(crate) fn skip_row(&self, id: u64) {
+        let mut skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        // A bound, so a table full of unwritable rows cannot grow memory.
+        if skipped.len() < 100_000 {
+            skipped.insert(id);
+        }
+    }
+
+    pub(crate) fn drop_skipped(&self, candidates: &mut Vec<crate::store::claim::Candidate>) {
+        let skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        if !skipped.is_empty() {
+            candidates.retain(|c| !skipped.contains(&c.id));
+        }
+    }
+
+    /// Records the outcome of a poll round for `/readyz`.
+    pub(crate) fn poll_result(&self, error: Option<String>) {
+        let mut failing = self.poll_failing.lock().unwrap_or_else(|e| e.into_inner());
+        match (error, failing.as_mut()) {
+            (None, _) => *failing = None,
+            (Some(e), Some((_, last))) => *last = e,
+            (Some(e), None) => *failing = Some((Instant::now(), e)),
+        }
+    }
+
     pub(crate) fn beat(&self) {
         self.heartbeat
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -142,6 +174,33 @@ impl WorkerHandle {
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Cuts a drain short (a second signal): no more polls, in-flight sends
+    /// are cut off, and every claim not delivered is handed back. Returns
+    /// once nothing is claimed any more; the caller bounds the wait, since
+    /// an unreachable database keeps the claims until their leases end.
+    pub async fn abort_now(&self) {
+        let s = &self.shared;
+        s.stop.cancel();
+        s.abort.cancel();
+        s.room.notify_waiters();
+        wait_drained(s).await;
+    }
+
+    /// Why polls keep failing, once they have failed without a success for
+    /// longer than a few poll intervals (one failure is a blip, a run of
+    /// them means this instance delivers nothing).
+    pub fn poll_problem(&self) -> Option<String> {
+        let failing = self
+            .shared
+            .poll_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (since, error) = failing.as_ref()?;
+        let limit = (self.shared.cfg.poll_interval * 3).max(std::time::Duration::from_secs(1));
+        let lasted = since.elapsed();
+        (lasted > limit).then(|| format!("polls failing for {} ms: {error}", lasted.as_millis()))
+    }
 }
 
 /// One worker instance.
@@ -168,6 +227,8 @@ impl Worker {
             send_ewma_us: AtomicU64::new(0),
             heartbeat: AtomicU64::new(0),
             started: Instant::now(),
+            skipped: Mutex::new(HashSet::new()),
+            poll_failing: Mutex::new(None),
         });
         Worker { shared, finish_rx }
     }

@@ -14,7 +14,7 @@ use super::spread::Spreader;
 use super::{wait_for, Shared};
 use crate::config::LockScope;
 use crate::lock::BatchLock;
-use crate::store::claim::{self, Candidate};
+use crate::store::claim::{self, Candidate, ClaimedRead};
 
 const MAX_WINDOW: usize = 10_000;
 
@@ -104,6 +104,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 "poll round got no answer within {limit:?}; claims it may have made return when their lease expires"
             )),
         };
+        shared.poll_result(result.as_ref().err().map(|e| format!("{e:#}")));
         if let Ok(round) = &result {
             if round.claimed > 0 {
                 contended.reset();
@@ -158,9 +159,10 @@ async fn poll_once(
     let metrics = &shared.deps.metrics;
     let started = Instant::now();
     let window = want.min(MAX_WINDOW);
-    let candidates = claim::candidates(store.pool(), &shared.regions, window, slice)
+    let mut candidates = claim::candidates(store.pool(), &shared.regions, window, slice)
         .await
         .context("reading due candidates")?;
+    shared.drop_skipped(&mut candidates);
     if candidates.is_empty() {
         return Ok(Round::default());
     }
@@ -204,53 +206,19 @@ async fn poll_once(
         return Ok(round);
     }
 
-    // The lease may never outlive the lock: once the lock could have
-    // expired, another instance may lock these keys and must then be able
-    // to claim the rows.
-    let margin = cfg.lock_ttl / 20;
-    let lease = lock.remaining_validity().saturating_sub(margin);
-    if lease < cfg.send_timeout + margin {
-        release_all(shared, &lock).await;
-        anyhow::bail!(
-            "lock validity {:?} left after acquiring is too short for a send (timeout {:?}); is Redis slow?",
-            lock.remaining_validity(),
-            cfg.send_timeout
-        );
-    }
     let granted: HashMap<u64, &(Candidate, String)> = picked
         .iter()
         .filter(|(_, k)| lock.is_granted(k))
         .map(|p| (p.0.id, p))
         .collect();
     let ids: Vec<u64> = granted.keys().copied().collect();
-    let token = *lock.token().as_bytes();
-    let claimed = match claim::claim(
-        store.pool(),
-        &ids,
-        &shared.regions,
-        &token,
-        &cfg.worker_id,
-        lease.as_micros() as i64,
-    )
-    .await
-    {
-        Ok(n) => n,
+    let rows = match claim_isolating(shared, &lock, &ids).await {
+        Ok(rows) => rows,
         Err(e) => {
+            // Whatever this round claimed stays claimed until its lease
+            // expires; then any instance picks the rows up again.
             release_all(shared, &lock).await;
             return Err(e).context("claiming the batch");
-        }
-    };
-    let rows = if claimed == 0 {
-        Vec::new()
-    } else {
-        match claim::fetch_claimed(store.pool(), &ids, &token).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                // The rows stay claimed until their lease expires; then any
-                // instance picks them up again.
-                release_all(shared, &lock).await;
-                return Err(e).context("reading the claimed rows");
-            }
         }
     };
 
@@ -327,6 +295,80 @@ async fn poll_once(
     }
     round.claimed = n;
     Ok(round)
+}
+
+/// Claims `ids` under `lock` and reads them back. When the claim fails
+/// because of what one row holds, splits the batch until that row is alone,
+/// marks it failed with the reason (or, if even that write fails, skips it
+/// from now on), and claims the rest: one bad row must never stop delivery.
+async fn claim_isolating(
+    shared: &Shared,
+    lock: &BatchLock,
+    ids: &[u64],
+) -> anyhow::Result<Vec<ClaimedRead>> {
+    let cfg = &shared.cfg;
+    let pool = shared.deps.store.pool();
+    let token = *lock.token().as_bytes();
+    let margin = cfg.lock_ttl / 20;
+    let mut out = Vec::new();
+    let mut parts = vec![ids.to_vec()];
+    while let Some(part) = parts.pop() {
+        // The lease may never outlive the lock: once the lock could have
+        // expired, another instance may lock these keys and must then be
+        // able to claim the rows. Recomputed per statement, as splitting
+        // takes time.
+        let lease = lock.remaining_validity().saturating_sub(margin);
+        if lease < cfg.send_timeout + margin {
+            if out.is_empty() {
+                anyhow::bail!(
+                    "lock validity {:?} left is too short for a send (timeout {:?}); is Redis slow?",
+                    lock.remaining_validity(),
+                    cfg.send_timeout
+                );
+            }
+            break;
+        }
+        let lease_us = lease.as_micros() as i64;
+        match claim::claim_rows(
+            pool,
+            &part,
+            &shared.regions,
+            &token,
+            &cfg.worker_id,
+            lease_us,
+        )
+        .await
+        {
+            Ok(rows) => out.extend(rows),
+            Err(e) if claim::is_row_error(&e) && part.len() > 1 => {
+                let (a, b) = part.split_at(part.len() / 2);
+                parts.push(b.to_vec());
+                parts.push(a.to_vec());
+            }
+            Err(e) if claim::is_row_error(&e) => {
+                let id = part[0];
+                let reason = format!("claiming the row failed: {e}");
+                shared.skip_row(id);
+                match claim::mark_failed(pool, id, None, &reason).await {
+                    Ok(_) => {
+                        tracing::warn!(id, reason = %reason, "row cannot be claimed; marked failed")
+                    }
+                    Err(e2) => tracing::error!(
+                        id,
+                        reason = %reason,
+                        error = %e2,
+                        "row cannot be claimed nor marked failed; this worker skips it until restarted"
+                    ),
+                }
+            }
+            Err(e) if out.is_empty() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming part of a split batch failed; the rest goes ahead");
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn release_all(shared: &Shared, lock: &BatchLock) {

@@ -1,16 +1,24 @@
 //! Process glue for `herald worker`: signals in, exit code out.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::{BenchArgs, CleanupCmdArgs, Settings, WorkerArgs, WorkerConfig};
+use crate::worker::WorkerHandle;
+
+/// How long a second signal waits for the claims to be handed back before
+/// exiting anyway.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs a worker until SIGTERM or SIGINT, drains, and exits 0. A second
-/// signal exits at once (code 130): the operator asked twice, and whatever
-/// is still claimed comes back when its lease expires.
+/// signal cuts the drain short (code 130): the operator asked twice, but
+/// rows left `sending` would wait for their lease to end, so in-flight
+/// sends are cut off and the claims handed back first, within
+/// [`ABORT_WAIT`].
 pub async fn run_process(
     settings: Settings,
     config: WorkerConfig,
@@ -21,6 +29,7 @@ pub async fn run_process(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let trigger = shutdown.clone();
+    let (handle_tx, handle_rx) = tokio::sync::oneshot::channel::<WorkerHandle>();
     tokio::spawn(async move {
         let first = tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -35,10 +44,28 @@ pub async fn run_process(
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::warn!(signal = second, "second signal: exiting now");
+        tracing::warn!(
+            signal = second,
+            "second signal: cutting sends off, handing claims back, exiting"
+        );
+        if let Ok(handle) = handle_rx.await {
+            if tokio::time::timeout(ABORT_WAIT, handle.abort_now())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    in_flight = handle.in_flight(),
+                    "claims not all handed back in time; they return when their lease expires"
+                );
+            }
+        }
         std::process::exit(130);
     });
-    let totals = app.run(shutdown).await?;
+    let totals = app
+        .run_with(shutdown, move |h| {
+            handle_tx.send(h).ok();
+        })
+        .await?;
     tracing::info!(sent = totals.sent, claimed = totals.claimed, "exiting");
     Ok(ExitCode::SUCCESS)
 }
