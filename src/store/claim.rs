@@ -208,6 +208,34 @@ impl Drop for TxConn {
     }
 }
 
+/// Opens a READ COMMITTED transaction and locks the rows `WHERE {cond}`
+/// that no other transaction holds, skipping the rest (one round trip).
+/// READ COMMITTED takes no gap locks, so nothing beyond these rows is held.
+/// Returns `None`, with the transaction ended, when no row was free.
+async fn lock_free(
+    pool: &MySqlPool,
+    cond: &str,
+) -> Result<Option<(TxConn, Vec<u64>)>, sqlx::Error> {
+    let mut tx = TxConn(Some(pool.acquire().await?));
+    let sql = format!(
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; \
+         SELECT id FROM notifications{cond} FOR UPDATE SKIP LOCKED"
+    );
+    let locked: Vec<u64> = tx
+        .conn()
+        .fetch_all(sqlx::raw_sql(&sql))
+        .await?
+        .iter()
+        .map(|r| r.try_get::<u64, _>(0))
+        .collect::<Result<_, _>>()?;
+    if locked.is_empty() {
+        tx.conn().execute(sqlx::raw_sql("ROLLBACK")).await?;
+        tx.done();
+        return Ok(None);
+    }
+    Ok(Some((tx, locked)))
+}
+
 impl Claim<'_> {
     /// The claimable condition, shared by the locking read and the update.
     fn condition(&self, sql: &mut String, ids: &[u64]) {
@@ -229,25 +257,11 @@ impl Claim<'_> {
         if self.ids.is_empty() {
             return Ok((0, Vec::new()));
         }
-        let mut tx = TxConn(Some(pool.acquire().await?));
         let mut sql = String::with_capacity(self.ids.len() * 8 + 512);
-        sql.push_str(
-            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; SELECT id FROM notifications",
-        );
         self.condition(&mut sql, self.ids);
-        sql.push_str(" FOR UPDATE SKIP LOCKED");
-        let locked: Vec<u64> = tx
-            .conn()
-            .fetch_all(sqlx::raw_sql(&sql))
-            .await?
-            .iter()
-            .map(|r| r.try_get::<u64, _>(0))
-            .collect::<Result<_, _>>()?;
-        if locked.is_empty() {
-            tx.conn().execute(sqlx::raw_sql("ROLLBACK")).await?;
-            tx.done();
+        let Some((mut tx, locked)) = lock_free(pool, &sql).await? else {
             return Ok((0, Vec::new()));
-        }
+        };
 
         sql.clear();
         sql.push_str("UPDATE notifications SET status = 'sending', claim_token = ");
@@ -445,98 +459,135 @@ pub struct FinishCounts {
     pub lost: u64,
 }
 
-/// Applies finishes for rows claimed under one token.
-///
-/// `Sent` rows (the common case) go out in one statement; the rest, which
-/// carry per-row values, in one statement each inside a transaction.
+/// Applies finishes for rows claimed under one token; returns how many of
+/// each kind were recorded (see [`finish_rows`] for rows that were busy).
 pub async fn finish(
     pool: &MySqlPool,
     token: &[u8; 16],
     rows: &[(u64, Finish)],
 ) -> Result<FinishCounts, sqlx::Error> {
+    Ok(finish_rows(pool, token, rows).await?.0)
+}
+
+/// Applies finishes for rows claimed under one token.
+///
+/// Like the claim, a finish never waits for a row another transaction has
+/// locked (an application's `SELECT … FOR UPDATE` can lock rows we claimed
+/// as easily as pending ones): it locks the rows that are free in one round
+/// trip, writes those, and returns the ids of the rows that are still ours
+/// but were busy, for the caller to write again later. `Sent` rows (the
+/// common case) go out in one statement together with the `COMMIT`; the
+/// rest, which carry per-row values, in one statement each.
+pub async fn finish_rows(
+    pool: &MySqlPool,
+    token: &[u8; 16],
+    rows: &[(u64, Finish)],
+) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
     let mut counts = FinishCounts::default();
-    let sent: Vec<u64> = rows
-        .iter()
-        .filter(|(_, f)| *f == Finish::Sent)
-        .map(|(id, _)| *id)
-        .collect();
-    if !sent.is_empty() {
-        let mut sql = String::with_capacity(sent.len() * 8 + 256);
-        sql.push_str(
-            "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-             last_error = NULL WHERE id IN (",
-        );
-        literal::ids(&mut sql, &sent);
-        sql.push_str(") AND claim_token = ");
-        literal::bytes(&mut sql, token);
-        sql.push_str(" AND status = 'sending'");
-        counts.sent = sqlx::raw_sql(&sql).execute(pool).await?.rows_affected();
-        if counts.sent < sent.len() as u64 {
-            let sent_rows: Vec<(u64, Finish)> = sent.iter().map(|id| (*id, Finish::Sent)).collect();
-            // Which ones did not change is unknown; recount them all.
-            counts.sent = 0;
-            recount_unchanged(pool, token, &sent_rows, &mut counts).await?;
+    if rows.is_empty() {
+        return Ok((counts, Vec::new()));
+    }
+    let ids: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
+    let mut cond = String::with_capacity(ids.len() * 8 + 128);
+    cond.push_str(" WHERE id IN (");
+    literal::ids(&mut cond, &ids);
+    cond.push_str(") AND claim_token = ");
+    literal::bytes(&mut cond, token);
+    cond.push_str(" AND status = 'sending'");
+    let (mut tx, locked) = match lock_free(pool, &cond).await? {
+        Some((tx, locked)) => (Some(tx), locked),
+        None => (None, Vec::new()),
+    };
+    let locked: std::collections::HashSet<u64> = locked.into_iter().collect();
+    let mut unchanged: Vec<(u64, Finish)> = Vec::new();
+    if let Some(tx) = tx.as_mut() {
+        for pair in rows
+            .iter()
+            .filter(|(id, f)| *f != Finish::Sent && locked.contains(id))
+        {
+            let (id, f) = pair;
+            let (q, slot) = match f {
+                Finish::Sent => unreachable!("filtered above"),
+                Finish::Retry { delay_us, error } => (
+                    sqlx::query(
+                        "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+                         lease_until = NULL, last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                    )
+                    .bind(*delay_us)
+                    .bind(truncate(error)),
+                    &mut counts.retried,
+                ),
+                Finish::Failed { error } => (
+                    sqlx::query(
+                        "UPDATE notifications SET status = 'failed', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+                         last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                    )
+                    .bind(truncate(error)),
+                    &mut counts.failed,
+                ),
+                Finish::Expired => (
+                    sqlx::query(
+                        "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL \
+                         WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                    ),
+                    &mut counts.expired,
+                ),
+                Finish::HandBack => (
+                    sqlx::query(
+                        "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+                         attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                    ),
+                    &mut counts.handed_back,
+                ),
+            };
+            let changed = q
+                .bind(*id)
+                .bind(&token[..])
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+            *slot += changed;
+            if changed == 0 {
+                unchanged.push(pair.clone());
+            }
         }
-    }
-    let others: Vec<&(u64, Finish)> = rows.iter().filter(|(_, f)| *f != Finish::Sent).collect();
-    if others.is_empty() {
-        return Ok(counts);
-    }
-    let mut tx = pool.begin().await?;
-    let mut unchanged: Vec<&(u64, Finish)> = Vec::new();
-    for pair in others {
-        let (id, f) = pair;
-        let (q, slot) = match f {
-            Finish::Sent => unreachable!("filtered above"),
-            Finish::Retry { delay_us, error } => (
-                sqlx::query(
-                    "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
-                     lease_until = NULL, last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                )
-                .bind(*delay_us)
-                .bind(truncate(error)),
-                &mut counts.retried,
-            ),
-            Finish::Failed { error } => (
-                sqlx::query(
-                    "UPDATE notifications SET status = 'failed', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-                     last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                )
-                .bind(truncate(error)),
-                &mut counts.failed,
-            ),
-            Finish::Expired => (
-                sqlx::query(
-                    "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL \
-                     WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                ),
-                &mut counts.expired,
-            ),
-            Finish::HandBack => (
-                sqlx::query(
-                    "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-                     attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                ),
-                &mut counts.handed_back,
-            ),
-        };
-        let changed = q
-            .bind(*id)
-            .bind(&token[..])
-            .execute(&mut *tx)
+        let sent: Vec<u64> = rows
+            .iter()
+            .filter(|(id, f)| *f == Finish::Sent && locked.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut sql = String::with_capacity(sent.len() * 8 + 256);
+        if !sent.is_empty() {
+            sql.push_str(
+                "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+                 last_error = NULL WHERE id IN (",
+            );
+            literal::ids(&mut sql, &sent);
+            sql.push_str(") AND claim_token = ");
+            literal::bytes(&mut sql, token);
+            sql.push_str(" AND status = 'sending'; ");
+        }
+        sql.push_str("COMMIT");
+        counts.sent = tx
+            .conn()
+            .execute(sqlx::raw_sql(&sql))
             .await?
             .rows_affected();
-        *slot += changed;
-        if changed == 0 {
-            unchanged.push(pair);
+        if counts.sent < sent.len() as u64 {
+            // Cannot happen (the rows were locked as ours); recount to be sure.
+            counts.sent = 0;
+            unchanged.extend(sent.iter().map(|id| (*id, Finish::Sent)));
         }
     }
-    tx.commit().await?;
-    if !unchanged.is_empty() {
-        let owned: Vec<(u64, Finish)> = unchanged.into_iter().cloned().collect();
-        recount_unchanged(pool, token, &owned, &mut counts).await?;
+    if let Some(tx) = tx {
+        tx.done();
     }
-    Ok(counts)
+    unchanged.extend(rows.iter().filter(|(id, _)| !locked.contains(id)).cloned());
+    let mut busy = Vec::new();
+    if !unchanged.is_empty() {
+        recount_unchanged(pool, token, &unchanged, &mut counts, &mut busy).await?;
+    }
+    Ok((counts, busy))
 }
 
 /// The status a finish leaves a row in.
@@ -549,8 +600,8 @@ fn final_status(f: &Finish) -> &'static str {
     }
 }
 
-/// Sorts rows a finish write did not change into "already recorded" and
-/// "claim lost".
+/// Sorts rows a finish write did not change into "already recorded",
+/// "busy" (still ours, locked by another transaction) and "claim lost".
 ///
 /// A write changes nothing when the claim was lost (the lease expired and
 /// another instance re-claimed the row), but also when it is a retry of a
@@ -565,6 +616,7 @@ async fn recount_unchanged(
     token: &[u8; 16],
     rows: &[(u64, Finish)],
     counts: &mut FinishCounts,
+    busy: &mut Vec<u64>,
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
     let mut sql = String::with_capacity(ids.len() * 8 + 128);
@@ -584,7 +636,12 @@ async fn recount_unchanged(
         })
         .collect();
     for (id, f) in rows {
-        if found.get(id).map(String::as_str) != Some(final_status(f)) {
+        let status = found.get(id).map(String::as_str);
+        if status == Some("sending") {
+            busy.push(*id);
+            continue;
+        }
+        if status != Some(final_status(f)) {
             counts.lost += 1;
             continue;
         }

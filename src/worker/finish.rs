@@ -23,6 +23,8 @@ const MAX_ROUND: usize = 2_000;
 /// Rounds smaller than this may wait [`LINGER`] for more rows.
 const LINGER_BELOW: usize = 128;
 const LINGER: Duration = Duration::from_millis(1);
+/// How soon rows that were locked by another transaction are written again.
+const BUSY_RETRY: Duration = Duration::from_millis(200);
 /// Longest one finish write may take before it is retried.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -109,7 +111,7 @@ async fn write_group(shared: &Shared, g: Group) {
     // So keep trying for as long as the database is away, and stop only
     // when the shutdown grace is over.
     let mut attempt = 0u32;
-    let counts = loop {
+    let (counts, busy) = loop {
         attempt += 1;
         // A database that hangs (rather than fails) must not hold the rows
         // and their send slots forever: bound each attempt.
@@ -135,7 +137,7 @@ async fn write_group(shared: &Shared, g: Group) {
                         "finish write impossible before exit; the rows stay claimed until their lease \
                          expires, then another instance sends them again (same webhook-id)"
                     );
-                    break FinishCounts::default();
+                    break (FinishCounts::default(), Vec::new());
                 }
                 let pause = Duration::from_millis((100u64 << attempt.min(4)).min(1_000));
                 tokio::select! {
@@ -146,6 +148,17 @@ async fn write_group(shared: &Shared, g: Group) {
         }
     };
     record(shared, &g, counts);
+    let busy = if shared.abort.is_cancelled() && !busy.is_empty() {
+        tracing::warn!(
+            rows = busy.len(),
+            "rows locked by another transaction cannot be recorded before exit; they stay claimed until \
+             their lease expires, then another instance sends them again (same webhook-id)"
+        );
+        Vec::new()
+    } else {
+        busy
+    };
+    let done = n - busy.len();
 
     if !g.keys.is_empty() {
         if let Err(e) = shared
@@ -157,31 +170,79 @@ async fn write_group(shared: &Shared, g: Group) {
             tracing::debug!(error = %e, "releasing keys failed; they expire with their TTL");
         }
     }
-
-    let before = g.batch.remaining.fetch_sub(n, Ordering::AcqRel);
-    if before == n {
-        log_batch(shared, &g.batch);
+    if !busy.is_empty() {
+        requeue_busy(shared, &g, busy);
     }
-    let left = shared.in_flight.fetch_sub(n, Ordering::AcqRel) - n;
-    shared.deps.metrics.in_flight.set(left as i64);
-    shared.room.notify_waiters();
+
+    if done > 0 {
+        let before = g.batch.remaining.fetch_sub(done, Ordering::AcqRel);
+        if before == done {
+            log_batch(shared, &g.batch);
+        }
+        let left = shared.in_flight.fetch_sub(done, Ordering::AcqRel) - done;
+        shared.deps.metrics.in_flight.set(left as i64);
+        shared.room.notify_waiters();
+    }
+}
+
+/// Rows another transaction holds locked are written again a moment later
+/// instead of being waited for, so one foreign lock cannot stop the
+/// finisher (and with it every send slot). They stay in flight until then;
+/// their lock keys were released with the rest, which is safe: the rows
+/// stay claimed (`sending`, lease in the future), and the claim is the
+/// fence. After the shutdown grace they are left to their lease.
+fn requeue_busy(shared: &Shared, g: &Group, busy: Vec<u64>) {
+    tracing::info!(
+        rows = busy.len(),
+        "finish skipped rows locked by another transaction; writing them again shortly"
+    );
+    let rows: Vec<(u64, Finish)> = g
+        .rows
+        .iter()
+        .filter(|(id, _)| busy.contains(id))
+        .cloned()
+        .collect();
+    let tx = shared.finish_tx.clone();
+    let batch = g.batch.clone();
+    let abort = shared.abort.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(BUSY_RETRY) => {}
+            _ = abort.cancelled() => {}
+        }
+        for (id, finish) in rows {
+            let row = Done::Row {
+                batch: batch.clone(),
+                id,
+                finish,
+                release_key: None,
+                lag_s: None,
+            };
+            if tx.send(row).is_err() {
+                tracing::warn!(id, "finisher gone; row left to its lease");
+            }
+        }
+    });
 }
 
 /// Writes the finishes; when the write fails because of what one row holds
 /// (a trigger or constraint another service added), splits the rows until
 /// that row is alone and marks it failed with the reason, so the others are
 /// recorded and one row cannot hold its batch's rows (and send slots)
-/// forever.
+/// forever. Returns the counts and the rows that were busy (locked by
+/// another transaction).
 async fn finish_isolating(
     pool: &sqlx::MySqlPool,
     token: &[u8; 16],
     rows: &[(u64, Finish)],
-) -> Result<FinishCounts, sqlx::Error> {
+) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
     let mut total = FinishCounts::default();
+    let mut busy = Vec::new();
     let mut parts: Vec<&[(u64, Finish)]> = vec![rows];
     while let Some(part) = parts.pop() {
-        match claim::finish(pool, token, part).await {
-            Ok(c) => {
+        match claim::finish_rows(pool, token, part).await {
+            Ok((c, b)) => {
+                busy.extend(b);
                 total.sent += c.sent;
                 total.retried += c.retried;
                 total.failed += c.failed;
@@ -205,11 +266,11 @@ async fn finish_isolating(
                 }
             }
             // Parts already written are recognised as done when the whole
-            // write is retried (see `claim::finish`).
+            // write is retried (see `claim::finish_rows`).
             Err(e) => return Err(e),
         }
     }
-    Ok(total)
+    Ok((total, busy))
 }
 
 fn record(shared: &Shared, g: &Group, c: FinishCounts) {

@@ -1,6 +1,8 @@
 //! Process glue for `herald worker`: signals in, exit code out.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -30,6 +32,8 @@ pub async fn run_process(
     let mut int = signal(SignalKind::interrupt())?;
     let trigger = shutdown.clone();
     let (handle_tx, handle_rx) = tokio::sync::oneshot::channel::<WorkerHandle>();
+    let aborted = Arc::new(AtomicBool::new(false));
+    let aborting = aborted.clone();
     tokio::spawn(async move {
         let first = tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -48,6 +52,7 @@ pub async fn run_process(
             signal = second,
             "second signal: cutting sends off, handing claims back, exiting"
         );
+        aborting.store(true, Ordering::SeqCst);
         if let Ok(handle) = handle_rx.await {
             if tokio::time::timeout(ABORT_WAIT, handle.abort_now())
                 .await
@@ -67,6 +72,11 @@ pub async fn run_process(
         })
         .await?;
     tracing::info!(sent = totals.sent, claimed = totals.claimed, "exiting");
+    // The hand-back after a second signal can finish the run before the
+    // signal task gets to exit: the exit code still says "cut short".
+    if aborted.load(Ordering::SeqCst) {
+        return Ok(ExitCode::from(130));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,3 +11,4 @@ mod receiver;
 mod redis_procs;
 mod transport;
 mod worker;
+mod worker_faults;
