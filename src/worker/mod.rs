@@ -25,7 +25,7 @@ pub mod process;
 pub mod send;
 pub(crate) mod spread;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -116,6 +116,11 @@ pub(crate) struct Shared {
     /// Rows that could neither be claimed nor marked failed (their content
     /// breaks every write): left alone so the rest keeps flowing.
     pub skipped: Mutex<HashSet<u64>>,
+    /// Rows the last claims skipped (locked by another transaction, or
+    /// taken by another instance), until when to leave them out of the
+    /// candidates: a foreign lock held for long would otherwise keep them
+    /// at the front of every poll's window, crowding out rows that can go.
+    pub busy: Mutex<HashMap<u64, Instant>>,
     /// Since when polls have failed without a success in between, and the
     /// last error; `/readyz` reports it once it lasts.
     pub poll_failing: Mutex<Option<(Instant, String)>>,
@@ -132,9 +137,35 @@ impl Shared {
 
     pub(crate) fn drop_skipped(&self, candidates: &mut Vec<crate::store::claim::Candidate>) {
         let skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
-        if !skipped.is_empty() {
-            candidates.retain(|c| !skipped.contains(&c.id));
+        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !skipped.is_empty() || !busy.is_empty() {
+            candidates.retain(|c| !skipped.contains(&c.id) && !busy.contains_key(&c.id));
         }
+    }
+
+    /// How long a row the claim skipped stays out of the candidates.
+    const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub(crate) fn note_busy(&self, ids: impl Iterator<Item = u64>) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let until = Instant::now() + Self::BUSY_FOR;
+        for id in ids {
+            if busy.len() >= 100_000 {
+                break;
+            }
+            busy.insert(id, until);
+        }
+    }
+
+    /// Forgets rows whose time out is over; returns how many remain, so
+    /// the poll can read that many more candidates.
+    pub(crate) fn busy_count(&self) -> usize {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !busy.is_empty() {
+            let now = Instant::now();
+            busy.retain(|_, until| *until > now);
+        }
+        busy.len()
     }
 
     /// Records the outcome of a poll round for `/readyz`.
@@ -228,6 +259,7 @@ impl Worker {
             heartbeat: AtomicU64::new(0),
             started: Instant::now(),
             skipped: Mutex::new(HashSet::new()),
+            busy: Mutex::new(HashMap::new()),
             poll_failing: Mutex::new(None),
         });
         Worker { shared, finish_rx }

@@ -158,7 +158,7 @@ async fn poll_once(
     let store = &shared.deps.store;
     let metrics = &shared.deps.metrics;
     let started = Instant::now();
-    let window = want.min(MAX_WINDOW);
+    let window = (want + shared.busy_count()).min(MAX_WINDOW);
     let mut candidates = claim::candidates(store.pool(), &shared.regions, window, slice)
         .await
         .context("reading due candidates")?;
@@ -213,7 +213,19 @@ async fn poll_once(
         .collect();
     let ids: Vec<u64> = granted.keys().copied().collect();
     let rows = match claim_isolating(shared, &lock, &ids).await {
-        Ok(rows) => rows,
+        Ok(rows) => {
+            if rows.len() < ids.len() {
+                let got: HashSet<u64> = rows
+                    .iter()
+                    .map(|r| match r {
+                        Ok(r) => r.id,
+                        Err((id, _)) => *id,
+                    })
+                    .collect();
+                shared.note_busy(ids.iter().copied().filter(|id| !got.contains(id)));
+            }
+            rows
+        }
         Err(e) => {
             // Whatever this round claimed stays claimed until its lease
             // expires; then any instance picks the rows up again.
