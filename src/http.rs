@@ -130,8 +130,6 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
-    // Read at scrape time rather than updated on every claim and finish.
-    s.deps.metrics.in_flight.set(s.worker.in_flight() as i64);
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         s.deps.metrics.render(),

@@ -13,6 +13,7 @@
 //! * [`secret`] — URLs whose passwords never reach logs or `Debug` output.
 //! * [`notification`] — the row model, statuses and input validation for
 //!   enqueue.
+//! * [`outcome`] — what became of a claimed row, and counters keyed by it.
 //! * [`intake`] — JSON lines to rows, for `herald enqueue`.
 //! * [`store`] — everything that talks to MySQL: migrations, enqueue, the
 //!   candidate/claim/finish queries of the delivery protocol, status counts
@@ -45,6 +46,7 @@ pub mod intake;
 pub mod lock;
 pub mod metrics;
 pub mod notification;
+pub mod outcome;
 pub mod secret;
 pub mod stats;
 pub mod store;

@@ -20,6 +20,7 @@ use sqlx::{Executor, MySqlPool, Row};
 use super::literal;
 
 use crate::notification::ClaimedRow;
+use crate::outcome::{Counts, Outcome};
 
 /// A row that may be claimed, as read from the covering index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,13 +258,26 @@ impl Claim<'_> {
         if self.ids.is_empty() {
             return Ok((0, Vec::new()));
         }
-        let mut sql = String::with_capacity(self.ids.len() * 8 + 512);
-        self.condition(&mut sql, self.ids);
-        let Some((mut tx, locked)) = lock_free(pool, &sql).await? else {
+        let mut cond = String::with_capacity(self.ids.len() * 8 + 256);
+        self.condition(&mut cond, self.ids);
+        // Usually no row is locked elsewhere: one round trip does it all.
+        let then = self.then_sql(self.ids, read_back);
+        if let Some(rows) = all_or_nothing(pool, &cond, &then).await? {
+            return Ok(self.result(rows, read_back));
+        }
+        let Some((mut tx, locked)) = lock_free(pool, &cond).await? else {
             return Ok((0, Vec::new()));
         };
+        let then = self.then_sql(&locked, read_back);
+        let rows = tx.conn().fetch_all(sqlx::raw_sql(&then)).await?;
+        tx.done();
+        Ok(self.result(rows, read_back))
+    }
 
-        sql.clear();
+    /// The fenced update of `ids` (all locked by us), the read-back or the
+    /// count, and `COMMIT`.
+    fn then_sql(&self, ids: &[u64], read_back: bool) -> String {
+        let mut sql = String::with_capacity(ids.len() * 16 + 1024);
         sql.push_str("UPDATE notifications SET status = 'sending', claim_token = ");
         literal::bytes(&mut sql, self.token);
         sql.push_str(", claimed_by = ");
@@ -281,28 +295,72 @@ impl Claim<'_> {
              attempts = LEAST(attempts, {}) + 1",
             u32::MAX - 1
         );
-        self.condition(&mut sql, &locked);
+        self.condition(&mut sql, ids);
         sql.push_str("; ");
         if read_back {
-            read_back_sql(&mut sql, &locked, self.token);
-            sql.push_str("; ");
+            read_back_sql(&mut sql, ids, self.token);
+        } else {
+            sql.push_str("SELECT ROW_COUNT()");
         }
-        sql.push_str("COMMIT");
-        let out = if read_back {
-            let rows = tx.conn().fetch_all(sqlx::raw_sql(&sql)).await?;
+        sql.push_str("; COMMIT");
+        sql
+    }
+
+    fn result(&self, rows: Vec<MySqlRow>, read_back: bool) -> (u64, Vec<ClaimedRead>) {
+        if read_back {
             let rows: Vec<ClaimedRead> = rows.iter().map(decode_claimed).collect();
             (rows.len() as u64, rows)
         } else {
-            let n = tx
-                .conn()
-                .execute(sqlx::raw_sql(&sql))
-                .await?
-                .rows_affected();
-            (n, Vec::new())
-        };
-        tx.done();
-        Ok(out)
+            let n = rows
+                .first()
+                .and_then(|r| r.try_get::<i64, _>(0).ok())
+                .unwrap_or(0);
+            (n.max(0) as u64, Vec::new())
+        }
     }
+}
+
+/// The one-round-trip path: locks every row `WHERE {cond}` with `NOWAIT`
+/// and, if that worked, runs `then` (which ends with `COMMIT`) in the same
+/// round trip. Returns `None`, with the transaction rolled back, when some
+/// row was locked by another transaction; the caller then takes the
+/// [`lock_free`] path. `NOWAIT` fails at once instead of waiting, so this
+/// costs a foreign lock one extra round trip, never a wait.
+async fn all_or_nothing(
+    pool: &MySqlPool,
+    cond: &str,
+    then: &str,
+) -> Result<Option<Vec<MySqlRow>>, sqlx::Error> {
+    let mut tx = TxConn(Some(pool.acquire().await?));
+    let sql = format!(
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; \
+         SELECT COUNT(*) INTO @herald_locked FROM notifications{cond} FOR UPDATE NOWAIT; {then}"
+    );
+    match tx.conn().fetch_all(sqlx::raw_sql(&sql)).await {
+        Ok(rows) => {
+            tx.done();
+            Ok(Some(rows))
+        }
+        Err(e) if is_lock_busy(&e) => {
+            tx.conn().execute(sqlx::raw_sql("ROLLBACK")).await?;
+            tx.done();
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `NOWAIT` met a row another transaction holds (MariaDB reports it as a
+/// lock wait timeout, MySQL with its own code).
+fn is_lock_busy(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    matches!(
+        db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(|m| m.number()),
+        Some(1205 | 3572)
+    )
 }
 
 /// Whether a statement failed because of what one row holds (a value out
@@ -446,18 +504,10 @@ pub enum Finish {
 }
 
 /// How many rows each kind of finish recorded (now, or in an earlier
-/// attempt of the same write). `lost` counts writes that changed nothing
-/// because the claim was lost: those rows were left as the new owner has
-/// them.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct FinishCounts {
-    pub sent: u64,
-    pub retried: u64,
-    pub failed: u64,
-    pub expired: u64,
-    pub handed_back: u64,
-    pub lost: u64,
-}
+/// attempt of the same write). [`Outcome::Lost`] counts writes that changed
+/// nothing because the claim was lost: those rows were left as the new
+/// owner has them.
+pub type FinishCounts = Counts;
 
 /// Applies finishes for rows claimed under one token; returns how many of
 /// each kind were recorded (see [`finish_rows`] for rows that were busy).
@@ -494,6 +544,25 @@ pub async fn finish_rows(
     cond.push_str(") AND claim_token = ");
     literal::bytes(&mut cond, token);
     cond.push_str(" AND status = 'sending'");
+    if rows.iter().all(|(_, f)| *f == Finish::Sent) {
+        // The common case, in one round trip when nothing is locked
+        // elsewhere.
+        let then = sent_sql(&ids, token) + "; SELECT ROW_COUNT(); COMMIT";
+        if let Some(r) = all_or_nothing(pool, &cond, &then).await? {
+            let n = r
+                .first()
+                .and_then(|r| r.try_get::<i64, _>(0).ok())
+                .unwrap_or(0);
+            counts[Outcome::Sent] = n.max(0) as u64;
+            if (n as usize) < ids.len() {
+                counts[Outcome::Sent] = 0;
+                let mut busy = Vec::new();
+                recount_unchanged(pool, token, rows, &mut counts, &mut busy).await?;
+                return Ok((counts, busy));
+            }
+            return Ok((counts, Vec::new()));
+        }
+    }
     let (mut tx, locked) = match lock_free(pool, &cond).await? {
         Some((tx, locked)) => (Some(tx), locked),
         None => (None, Vec::new()),
@@ -515,7 +584,7 @@ pub async fn finish_rows(
                     )
                     .bind(*delay_us)
                     .bind(truncate(error)),
-                    &mut counts.retried,
+                    &mut counts[Outcome::Retried],
                 ),
                 Finish::Failed { error } => (
                     sqlx::query(
@@ -523,21 +592,21 @@ pub async fn finish_rows(
                          last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
                     )
                     .bind(truncate(error)),
-                    &mut counts.failed,
+                    &mut counts[Outcome::Failed],
                 ),
                 Finish::Expired => (
                     sqlx::query(
                         "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL \
                          WHERE id = ? AND claim_token = ? AND status = 'sending'",
                     ),
-                    &mut counts.expired,
+                    &mut counts[Outcome::Expired],
                 ),
                 Finish::HandBack => (
                     sqlx::query(
                         "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
                          attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
                     ),
-                    &mut counts.handed_back,
+                    &mut counts[Outcome::HandedBack],
                 ),
             };
             let changed = q
@@ -556,26 +625,19 @@ pub async fn finish_rows(
             .filter(|(id, f)| *f == Finish::Sent && locked.contains(id))
             .map(|(id, _)| *id)
             .collect();
-        let mut sql = String::with_capacity(sent.len() * 8 + 256);
+        let mut sql = String::new();
         if !sent.is_empty() {
-            sql.push_str(
-                "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-                 last_error = NULL WHERE id IN (",
-            );
-            literal::ids(&mut sql, &sent);
-            sql.push_str(") AND claim_token = ");
-            literal::bytes(&mut sql, token);
-            sql.push_str(" AND status = 'sending'; ");
+            sql = sent_sql(&sent, token) + "; ";
         }
         sql.push_str("COMMIT");
-        counts.sent = tx
+        counts[Outcome::Sent] = tx
             .conn()
             .execute(sqlx::raw_sql(&sql))
             .await?
             .rows_affected();
-        if counts.sent < sent.len() as u64 {
+        if counts[Outcome::Sent] < sent.len() as u64 {
             // Cannot happen (the rows were locked as ours); recount to be sure.
-            counts.sent = 0;
+            counts[Outcome::Sent] = 0;
             unchanged.extend(sent.iter().map(|id| (*id, Finish::Sent)));
         }
     }
@@ -588,6 +650,33 @@ pub async fn finish_rows(
         recount_unchanged(pool, token, &unchanged, &mut counts, &mut busy).await?;
     }
     Ok((counts, busy))
+}
+
+impl Finish {
+    /// The outcome this finish records when it takes effect.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Finish::Sent => Outcome::Sent,
+            Finish::Retry { .. } => Outcome::Retried,
+            Finish::Failed { .. } => Outcome::Failed,
+            Finish::Expired => Outcome::Expired,
+            Finish::HandBack => Outcome::HandedBack,
+        }
+    }
+}
+
+/// The fenced `sent` write of `ids`.
+fn sent_sql(ids: &[u64], token: &[u8; 16]) -> String {
+    let mut sql = String::with_capacity(ids.len() * 8 + 256);
+    sql.push_str(
+        "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+         last_error = NULL WHERE id IN (",
+    );
+    literal::ids(&mut sql, ids);
+    sql.push_str(") AND claim_token = ");
+    literal::bytes(&mut sql, token);
+    sql.push_str(" AND status = 'sending'");
+    sql
 }
 
 /// The status a finish leaves a row in.
@@ -642,17 +731,10 @@ async fn recount_unchanged(
             continue;
         }
         if status != Some(final_status(f)) {
-            counts.lost += 1;
+            counts[Outcome::Lost] += 1;
             continue;
         }
-        let slot = match f {
-            Finish::Sent => &mut counts.sent,
-            Finish::Retry { .. } => &mut counts.retried,
-            Finish::Failed { .. } => &mut counts.failed,
-            Finish::Expired => &mut counts.expired,
-            Finish::HandBack => &mut counts.handed_back,
-        };
-        *slot += 1;
+        counts.add(f.outcome(), 1);
     }
     Ok(())
 }

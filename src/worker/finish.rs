@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::poll::ClaimBatch;
+use super::job::{ClaimBatch, Done};
 use super::Shared;
+use crate::metrics::Metrics;
+use crate::outcome::Outcome;
 use crate::store::claim::{self, Finish, FinishCounts};
 
 /// Most rows written in one round.
@@ -27,21 +29,6 @@ const LINGER: Duration = Duration::from_millis(1);
 const BUSY_RETRY: Duration = Duration::from_millis(200);
 /// Longest one finish write may take before it is retried.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug)]
-pub(crate) enum Done {
-    Row {
-        batch: Arc<ClaimBatch>,
-        id: u64,
-        finish: Finish,
-        /// The lock key to release with this row (the last row of a user
-        /// group in user scope, every row in item scope).
-        release_key: Option<String>,
-        lag_s: Option<f64>,
-    },
-    /// Sent by `Worker::run` once nothing is in flight.
-    Close,
-}
 
 struct Group {
     batch: Arc<ClaimBatch>,
@@ -179,9 +166,7 @@ async fn write_group(shared: &Shared, g: Group) {
         if before == done {
             log_batch(shared, &g.batch);
         }
-        let left = shared.in_flight.fetch_sub(done, Ordering::AcqRel) - done;
-        shared.deps.metrics.in_flight.set(left as i64);
-        shared.room.notify_waiters();
+        shared.sub_in_flight(done);
     }
 }
 
@@ -243,12 +228,7 @@ async fn finish_isolating(
         match claim::finish_rows(pool, token, part).await {
             Ok((c, b)) => {
                 busy.extend(b);
-                total.sent += c.sent;
-                total.retried += c.retried;
-                total.failed += c.failed;
-                total.expired += c.expired;
-                total.handed_back += c.handed_back;
-                total.lost += c.lost;
+                total.merge(&c);
             }
             Err(e) if claim::is_row_error(&e) && part.len() > 1 => {
                 let (a, b) = part.split_at(part.len() / 2);
@@ -260,9 +240,9 @@ async fn finish_isolating(
                 let reason = format!("recording the outcome ({finish:?}) failed: {e}");
                 tracing::warn!(id, reason = %reason, "row cannot be finished; marking it failed");
                 if claim::mark_failed(pool, *id, Some(token), &reason).await? {
-                    total.failed += 1;
+                    total.add(Outcome::Failed, 1);
                 } else {
-                    total.lost += 1;
+                    total.add(Outcome::Lost, 1);
                 }
             }
             // Parts already written are recognised as done when the whole
@@ -275,41 +255,40 @@ async fn finish_isolating(
 
 fn record(shared: &Shared, g: &Group, c: FinishCounts) {
     let m = &shared.deps.metrics;
-    let t = &shared.totals;
-    let b = &g.batch;
-    for (count, metric, total, batch) in [
-        (c.sent, &m.sent, &t.sent, &b.sent),
-        (c.retried, &m.retried, &t.retried, &b.retried),
-        (c.failed, &m.failed, &t.failed, &b.failed),
-        (c.expired, &m.expired, &t.expired, &b.expired),
-        (
-            c.handed_back,
-            &m.handed_back,
-            &t.handed_back,
-            &b.handed_back,
-        ),
-        (c.lost, &m.lost_ownership, &t.lost, &b.lost),
-    ] {
-        metric.inc_by(count);
-        total.fetch_add(count, Ordering::Relaxed);
-        batch.fetch_add(count, Ordering::Relaxed);
+    for (o, n) in c.iter() {
+        metric(m, o).inc_by(n);
+        shared.totals.outcomes.add(o, n);
+        g.batch.counts.add(o, n);
     }
-    if c.lost > 0 {
+    let lost = c[Outcome::Lost];
+    if lost > 0 {
         tracing::warn!(
-            lost = c.lost,
+            lost,
             "finish changed nothing for rows whose claim was lost (lease expired and re-claimed); left untouched"
         );
     }
     // Lag only for rows whose `sent` write took effect.
-    if c.lost == 0 {
+    if lost == 0 {
         for lag in &g.lags {
             m.delivery_lag.observe(*lag);
         }
     }
 }
 
+/// The Prometheus counter of each outcome.
+fn metric(m: &Metrics, o: Outcome) -> &prometheus_client::metrics::counter::Counter {
+    match o {
+        Outcome::Sent => &m.sent,
+        Outcome::Retried => &m.retried,
+        Outcome::Failed => &m.failed,
+        Outcome::Expired => &m.expired,
+        Outcome::HandedBack => &m.handed_back,
+        Outcome::Lost => &m.lost_ownership,
+    }
+}
+
 fn log_batch(shared: &Shared, b: &ClaimBatch) {
-    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let c = b.counts.snapshot();
     let elapsed = b.started.elapsed();
     shared
         .deps
@@ -318,12 +297,12 @@ fn log_batch(shared: &Shared, b: &ClaimBatch) {
         .observe(elapsed.as_secs_f64());
     tracing::info!(
         claimed = b.claimed,
-        sent = g(&b.sent),
-        retried = g(&b.retried),
-        failed = g(&b.failed),
-        expired = g(&b.expired),
-        handed_back = g(&b.handed_back),
-        lost = g(&b.lost),
+        sent = c[Outcome::Sent],
+        retried = c[Outcome::Retried],
+        failed = c[Outcome::Failed],
+        expired = c[Outcome::Expired],
+        handed_back = c[Outcome::HandedBack],
+        lost = c[Outcome::Lost],
         duration_ms = elapsed.as_millis() as u64,
         "batch done"
     );

@@ -20,6 +20,7 @@
 
 pub mod backoff;
 pub mod finish;
+pub(crate) mod job;
 pub mod poll;
 pub mod process;
 pub mod send;
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WorkerConfig;
 use crate::lock::Redlock;
 use crate::metrics::Metrics;
+use crate::outcome::{AtomicCounts, Counts};
 use crate::store::Store;
 use crate::transport::Transports;
 
@@ -54,36 +56,20 @@ pub struct Deps {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
     pub claimed: u64,
-    pub sent: u64,
-    pub retried: u64,
-    pub failed: u64,
-    pub expired: u64,
-    pub handed_back: u64,
-    pub lost: u64,
+    pub outcomes: Counts,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct AtomicTotals {
-    claimed: AtomicU64,
-    sent: AtomicU64,
-    retried: AtomicU64,
-    failed: AtomicU64,
-    expired: AtomicU64,
-    handed_back: AtomicU64,
-    lost: AtomicU64,
+    pub claimed: AtomicU64,
+    pub outcomes: AtomicCounts,
 }
 
 impl AtomicTotals {
     fn snapshot(&self) -> Totals {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Totals {
-            claimed: g(&self.claimed),
-            sent: g(&self.sent),
-            retried: g(&self.retried),
-            failed: g(&self.failed),
-            expired: g(&self.expired),
-            handed_back: g(&self.handed_back),
-            lost: g(&self.lost),
+            claimed: self.claimed.load(Ordering::Relaxed),
+            outcomes: self.outcomes.snapshot(),
         }
     }
 }
@@ -105,7 +91,7 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
     /// Grace period over: in-flight sends are cut off and handed back.
     pub abort: CancellationToken,
-    pub finish_tx: mpsc::UnboundedSender<finish::Done>,
+    pub finish_tx: mpsc::UnboundedSender<job::Done>,
     pub totals: AtomicTotals,
     /// Moving average of one delivery's duration in microseconds; sizes
     /// how far ahead the poller claims.
@@ -178,6 +164,20 @@ impl Shared {
         }
     }
 
+    /// Rows claimed: the count and its gauge, written only here and in
+    /// [`Shared::sub_in_flight`].
+    pub(crate) fn add_in_flight(&self, n: usize) {
+        let now = self.in_flight.fetch_add(n, Ordering::AcqRel) + n;
+        self.deps.metrics.in_flight.set(now as i64);
+    }
+
+    /// Rows finished: lowers the count and wakes a poller waiting for room.
+    pub(crate) fn sub_in_flight(&self, n: usize) {
+        let now = self.in_flight.fetch_sub(n, Ordering::AcqRel) - n;
+        self.deps.metrics.in_flight.set(now as i64);
+        self.room.notify_waiters();
+    }
+
     pub(crate) fn beat(&self) {
         self.heartbeat
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -238,7 +238,7 @@ impl WorkerHandle {
 #[derive(Debug)]
 pub struct Worker {
     shared: Arc<Shared>,
-    finish_rx: mpsc::UnboundedReceiver<finish::Done>,
+    finish_rx: mpsc::UnboundedReceiver<job::Done>,
 }
 
 impl Worker {
@@ -301,7 +301,7 @@ impl Worker {
         let totals = shared.totals.snapshot();
         // The finisher ends once every sender (and this handle's sender
         // clone, held by `shared`) is gone; close explicitly instead.
-        shared.finish_tx.send(finish::Done::Close).ok();
+        shared.finish_tx.send(job::Done::Close).ok();
         if let Err(e) = finisher.await {
             tracing::error!(error = %e, "finisher task failed");
         }

@@ -1,7 +1,7 @@
 //! The poll loop: candidates → batched lock → fenced claim → spawn senders.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,8 @@ use anyhow::Context;
 use rand::seq::SliceRandom;
 
 use super::backoff::PollBackoff;
-use super::send::{self, Job};
+use super::job::{ClaimBatch, Job};
+use super::send;
 use super::spread::Spreader;
 use super::{wait_for, Shared};
 use crate::config::LockScope;
@@ -17,22 +18,6 @@ use crate::lock::BatchLock;
 use crate::store::claim::{self, Candidate, ClaimedRead};
 
 const MAX_WINDOW: usize = 10_000;
-
-/// Rows of one poll round that were locked and claimed together: they share
-/// the lock (one token) and one log line when the last of them finishes.
-#[derive(Debug)]
-pub(crate) struct ClaimBatch {
-    pub lock: BatchLock,
-    pub started: Instant,
-    pub remaining: AtomicUsize,
-    pub claimed: u64,
-    pub sent: AtomicU64,
-    pub retried: AtomicU64,
-    pub failed: AtomicU64,
-    pub expired: AtomicU64,
-    pub handed_back: AtomicU64,
-    pub lost: AtomicU64,
-}
 
 /// What one round found.
 #[derive(Debug, Clone, Copy, Default)]
@@ -270,10 +255,7 @@ async fn poll_once(
     }
 
     let n = jobs.len();
-    shared.in_flight.fetch_add(n, Ordering::AcqRel);
-    metrics
-        .in_flight
-        .set(shared.in_flight.load(Ordering::Relaxed) as i64);
+    shared.add_in_flight(n);
     metrics.claimed.inc_by(n as u64);
     shared.totals.claimed.fetch_add(n as u64, Ordering::Relaxed);
     let batch = Arc::new(ClaimBatch {
@@ -281,12 +263,7 @@ async fn poll_once(
         started,
         remaining: AtomicUsize::new(n),
         claimed: n as u64,
-        sent: AtomicU64::new(0),
-        retried: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        expired: AtomicU64::new(0),
-        handed_back: AtomicU64::new(0),
-        lost: AtomicU64::new(0),
+        counts: Default::default(),
     });
     match cfg.lock_scope {
         LockScope::Item => {

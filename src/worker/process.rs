@@ -71,7 +71,11 @@ pub async fn run_process(
             handle_tx.send(h).ok();
         })
         .await?;
-    tracing::info!(sent = totals.sent, claimed = totals.claimed, "exiting");
+    tracing::info!(
+        sent = totals.outcomes[crate::outcome::Outcome::Sent],
+        claimed = totals.claimed,
+        "exiting"
+    );
     // The hand-back after a second signal can finish the run before the
     // signal task gets to exit: the exit code still says "cut short".
     if aborted.load(Ordering::SeqCst) {

@@ -4,26 +4,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::backoff::retry_delay;
-use super::finish::Done;
-use super::poll::ClaimBatch;
+use super::job::{ClaimBatch, Done, Job};
 use super::Shared;
-use crate::store::claim::{ClaimedRead, Finish};
+use crate::store::claim::Finish;
 use crate::transport::{Delivery, SendOutcome};
-
-/// One claimed row on its way to a transport.
-#[derive(Debug)]
-pub(crate) struct Job {
-    pub id: u64,
-    pub user_id: u64,
-    /// Due time before the claim moved it, for the lag metric.
-    pub due_at: DateTime<Utc>,
-    pub row: ClaimedRead,
-    /// The lock key this row was claimed under.
-    pub key: String,
-}
 
 /// Item scope: one row, its own lock key released when it is finished.
 pub(crate) async fn run_item(shared: Arc<Shared>, batch: Arc<ClaimBatch>, job: Job) {
