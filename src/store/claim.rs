@@ -141,20 +141,20 @@ pub async fn claim(
 /// application's `SELECT … FOR UPDATE`, say): it would stall the whole batch
 /// and, through it, every worker for as long as that transaction lives. A
 /// plain `UPDATE … WHERE id IN (…)` waits, and MariaDB has no `SKIP LOCKED`
-/// for `UPDATE`, so the claim is a short transaction:
+/// for `UPDATE`, so:
 ///
-/// 1. `SELECT id … FOR UPDATE SKIP LOCKED` (READ COMMITTED, so no gap
-///    locks): locks the rows that are free and still claimable, skips the
-///    rest;
-/// 2. the fenced `UPDATE` of exactly those ids, the read-back of the rows
-///    now carrying our token, and `COMMIT`, as one multi-statement round
-///    trip.
+/// * usually one round trip: the fenced `UPDATE` and the read-back of the
+///   rows now carrying our token as one multi-statement text query, with
+///   the session's lock wait at zero, so a row locked elsewhere fails the
+///   statement at once (one round trip fewer than the former `UPDATE` plus
+///   read-back);
+/// * when it does fail that way: a READ COMMITTED transaction locks the
+///   free rows with `SELECT id … FOR UPDATE SKIP LOCKED`, then updates and
+///   reads back exactly those (three round trips in all).
 ///
-/// That is two round trips, as many as the former `UPDATE` plus read-back;
-/// the database does one locking read more. Rows skipped here stay pending
-/// and are picked up by a later poll. (A short `innodb_lock_wait_timeout`
-/// instead would still stall each batch for the timeout and then fail it
-/// whole.)
+/// Rows skipped stay pending and are picked up by a later poll. A short
+/// `innodb_lock_wait_timeout` instead would still stall each batch for the
+/// timeout and then fail it whole.
 ///
 /// The connection is closed rather than returned to the pool if anything
 /// fails or the caller gives up between `START TRANSACTION` and `COMMIT`,
@@ -211,7 +211,9 @@ impl Drop for TxConn {
 
 /// Opens a READ COMMITTED transaction and locks the rows `WHERE {cond}`
 /// that no other transaction holds, skipping the rest (one round trip).
-/// READ COMMITTED takes no gap locks, so nothing beyond these rows is held.
+/// READ COMMITTED takes no gap locks, and the primary key (the id list is
+/// the selective part) keeps a covering-index scan from locking every due
+/// row, so nothing beyond these rows is held.
 /// Returns `None`, with the transaction ended, when no row was free.
 async fn lock_free(
     pool: &MySqlPool,
@@ -220,7 +222,7 @@ async fn lock_free(
     let mut tx = TxConn(Some(pool.acquire().await?));
     let sql = format!(
         "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; \
-         SELECT id FROM notifications{cond} FOR UPDATE SKIP LOCKED"
+         SELECT id FROM notifications FORCE INDEX (PRIMARY){cond} FOR UPDATE SKIP LOCKED"
     );
     let locked: Vec<u64> = tx
         .conn()
@@ -258,24 +260,23 @@ impl Claim<'_> {
         if self.ids.is_empty() {
             return Ok((0, Vec::new()));
         }
-        let mut cond = String::with_capacity(self.ids.len() * 8 + 256);
-        self.condition(&mut cond, self.ids);
         // Usually no row is locked elsewhere: one round trip does it all.
         let then = self.then_sql(self.ids, read_back);
-        if let Some(rows) = all_or_nothing(pool, &cond, &then).await? {
+        if let Some(rows) = all_or_nothing(pool, &then).await? {
             return Ok(self.result(rows, read_back));
         }
+        let mut cond = String::with_capacity(self.ids.len() * 8 + 256);
+        self.condition(&mut cond, self.ids);
         let Some((mut tx, locked)) = lock_free(pool, &cond).await? else {
             return Ok((0, Vec::new()));
         };
-        let then = self.then_sql(&locked, read_back);
+        let then = self.then_sql(&locked, read_back) + "; COMMIT";
         let rows = tx.conn().fetch_all(sqlx::raw_sql(&then)).await?;
         tx.done();
         Ok(self.result(rows, read_back))
     }
 
-    /// The fenced update of `ids` (all locked by us), the read-back or the
-    /// count, and `COMMIT`.
+    /// The fenced update of `ids` and the read-back (or the count).
     fn then_sql(&self, ids: &[u64], read_back: bool) -> String {
         let mut sql = String::with_capacity(ids.len() * 16 + 1024);
         sql.push_str("UPDATE notifications SET status = 'sending', claim_token = ");
@@ -302,7 +303,6 @@ impl Claim<'_> {
         } else {
             sql.push_str("SELECT ROW_COUNT()");
         }
-        sql.push_str("; COMMIT");
         sql
     }
 
@@ -320,21 +320,22 @@ impl Claim<'_> {
     }
 }
 
-/// The one-round-trip path: locks every row `WHERE {cond}` with `NOWAIT`
-/// and, if that worked, runs `then` (which ends with `COMMIT`) in the same
-/// round trip. Returns `None`, with the transaction rolled back, when some
-/// row was locked by another transaction; the caller then takes the
-/// [`lock_free`] path. `NOWAIT` fails at once instead of waiting, so this
-/// costs a foreign lock one extra round trip, never a wait.
+/// The one-round-trip path: runs `then` (autocommit statements) with this
+/// session's lock wait set to zero, so a row another transaction holds
+/// fails the statement at once (and rolls it back whole) instead of
+/// waiting. Returns `None` when that happened; the caller then takes the
+/// [`lock_free`] path. Costs the database nothing beyond the statements
+/// themselves (MySQL's minimum wait is 1 s, MariaDB's is 0).
+///
+/// The wait is set back before the connection returns to the pool; if
+/// that cannot be done, the connection is closed instead.
 async fn all_or_nothing(
     pool: &MySqlPool,
-    cond: &str,
     then: &str,
 ) -> Result<Option<Vec<MySqlRow>>, sqlx::Error> {
     let mut tx = TxConn(Some(pool.acquire().await?));
     let sql = format!(
-        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; \
-         SELECT COUNT(*) INTO @herald_locked FROM notifications{cond} FOR UPDATE NOWAIT; {then}"
+        "SET SESSION innodb_lock_wait_timeout = 0; {then}; SET SESSION innodb_lock_wait_timeout = DEFAULT"
     );
     match tx.conn().fetch_all(sqlx::raw_sql(&sql)).await {
         Ok(rows) => {
@@ -342,7 +343,11 @@ async fn all_or_nothing(
             Ok(Some(rows))
         }
         Err(e) if is_lock_busy(&e) => {
-            tx.conn().execute(sqlx::raw_sql("ROLLBACK")).await?;
+            tx.conn()
+                .execute(sqlx::raw_sql(
+                    "SET SESSION innodb_lock_wait_timeout = DEFAULT",
+                ))
+                .await?;
             tx.done();
             Ok(None)
         }
@@ -350,8 +355,8 @@ async fn all_or_nothing(
     }
 }
 
-/// `NOWAIT` met a row another transaction holds (MariaDB reports it as a
-/// lock wait timeout, MySQL with its own code).
+/// A statement met a row another transaction holds and would not wait
+/// (lock wait timeout; MySQL's `NOWAIT` has its own code).
 fn is_lock_busy(e: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = e else {
         return false;
@@ -547,8 +552,8 @@ pub async fn finish_rows(
     if rows.iter().all(|(_, f)| *f == Finish::Sent) {
         // The common case, in one round trip when nothing is locked
         // elsewhere.
-        let then = sent_sql(&ids, token) + "; SELECT ROW_COUNT(); COMMIT";
-        if let Some(r) = all_or_nothing(pool, &cond, &then).await? {
+        let then = sent_sql(&ids, token) + "; SELECT ROW_COUNT()";
+        if let Some(r) = all_or_nothing(pool, &then).await? {
             let n = r
                 .first()
                 .and_then(|r| r.try_get::<i64, _>(0).ok())

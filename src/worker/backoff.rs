@@ -1,6 +1,7 @@
 //! Delays: retry back-off for failed deliveries and idle back-off for polls.
-//! Both use full jitter, so a fleet that failed together (a receiver outage)
-//! or went idle together does not come back in lock-step.
+//! Both are jittered, so a fleet that failed together (a receiver outage)
+//! or went idle together does not come back in lock-step; see each
+//! function for which jitter and why.
 
 use std::time::Duration;
 

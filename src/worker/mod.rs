@@ -13,10 +13,29 @@
 //! * the **finisher** ([`finish`]) batches the outcome writes, each
 //!   conditional on the claim token, then releases the lock keys.
 //!
+//! # Module tour
+//!
+//! * [`poll`] — the loop and its round, in named steps: `read_candidates`,
+//!   `lock_batch`, `claim_isolating` (splits a batch around a bad row),
+//!   `dispatch`; plus `pick` and `claim_ahead`.
+//! * `job` — the types the three tasks hand each other (`ClaimBatch`,
+//!   `Job`, `Done`); below all three, so they never import each other.
+//! * [`send`] — one delivery: checks, permit, lock validity, transport,
+//!   and the [`crate::store::claim::Finish`] it results in.
+//! * [`finish`] — batched outcome writes, rows locked elsewhere written
+//!   again shortly, counters by [`crate::outcome::Outcome`], key release.
+//! * [`backoff`] — retry delays and idle poll back-off.
+//! * `spread` — which slice of the candidates each round reads.
+//! * [`process`] — signals in, exit code out, for `herald worker`.
+//! * this file — [`Worker`], its [`WorkerHandle`] and the state the tasks
+//!   share (`Shared`: in-flight count and gauge, skipped and busy rows,
+//!   poll failures for `/readyz`).
+//!
 //! Shutdown ([`Worker::run`]): stop polling; senders that have not started
 //! hand their rows back; in-flight sends get the grace period, after which
 //! they are cut off and handed back too; the finisher writes everything,
-//! releases every lock, and `run` returns.
+//! releases every lock, and `run` returns. A second signal cuts the grace
+//! short ([`WorkerHandle::abort_now`]).
 
 pub mod backoff;
 pub mod finish;

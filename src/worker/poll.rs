@@ -134,46 +134,87 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// One round, in four steps: read candidates, lock a batch of them, claim
+/// the granted rows, dispatch the claimed rows to senders.
 async fn poll_once(
     shared: &Arc<Shared>,
     want: usize,
     slice: Option<claim::Slice>,
 ) -> anyhow::Result<Round> {
-    let cfg = &shared.cfg;
-    let store = &shared.deps.store;
-    let metrics = &shared.deps.metrics;
     let started = Instant::now();
-    let window = (want + shared.busy_count()).min(MAX_WINDOW);
-    let mut candidates = claim::candidates(store.pool(), &shared.regions, window, slice)
-        .await
-        .context("reading due candidates")?;
-    shared.drop_skipped(&mut candidates);
+    let candidates = read_candidates(shared, want, slice).await?;
     if candidates.is_empty() {
         return Ok(Round::default());
     }
-    // Each picked row with its lock key, computed once.
-    let picked: Vec<(Candidate, String)> = pick(&candidates, want, cfg.lock_scope)
+    let picked = pick_with_keys(&candidates, want, shared.cfg.lock_scope);
+    let (lock, keys, contended) = lock_batch(shared, &picked).await?;
+    let mut round = Round {
+        candidates: candidates.len(),
+        claimed: 0,
+        keys,
+        contended,
+    };
+    if lock.granted().is_empty() {
+        return Ok(round);
+    }
+    let jobs = claim_granted(shared, &lock, &picked).await?;
+    round.claimed = dispatch(shared, lock, started, jobs);
+    Ok(round)
+}
+
+/// Step 1: due candidates, without rows this worker is leaving alone
+/// (unwritable, or skipped by a recent claim). Reads that many more, so
+/// they do not shrink the round.
+async fn read_candidates(
+    shared: &Shared,
+    want: usize,
+    slice: Option<claim::Slice>,
+) -> anyhow::Result<Vec<Candidate>> {
+    let window = (want + shared.busy_count()).min(MAX_WINDOW);
+    let mut candidates =
+        claim::candidates(shared.deps.store.pool(), &shared.regions, window, slice)
+            .await
+            .context("reading due candidates")?;
+    shared.drop_skipped(&mut candidates);
+    Ok(candidates)
+}
+
+/// The rows to try this round, each with its lock key (computed once).
+fn pick_with_keys(
+    candidates: &[Candidate],
+    want: usize,
+    scope: LockScope,
+) -> Vec<(Candidate, String)> {
+    pick(candidates, want, scope)
         .into_iter()
         .map(|c| {
-            let key = match cfg.lock_scope {
+            let key = match scope {
                 LockScope::Item => format!("n:{}", c.id),
                 LockScope::User => format!("u:{}", c.user_id),
             };
             (c, key)
         })
-        .collect();
+        .collect()
+}
+
+/// Step 2: one batched acquire of the picked rows' keys. Returns the lock,
+/// how many keys were asked for and how many another owner held.
+async fn lock_batch(
+    shared: &Shared,
+    picked: &[(Candidate, String)],
+) -> anyhow::Result<(BatchLock, usize, usize)> {
+    let metrics = &shared.deps.metrics;
     let mut seen = HashSet::new();
     let keys: Vec<String> = picked
         .iter()
         .filter(|(_, k)| seen.insert(k.as_str()))
         .map(|(_, k)| k.clone())
         .collect();
-
     let t = Instant::now();
     let lock = shared
         .deps
         .redlock
-        .acquire_many(&keys, cfg.lock_ttl)
+        .acquire_many(&keys, shared.cfg.lock_ttl)
         .await
         .context("locking the batch")?;
     metrics
@@ -181,46 +222,34 @@ async fn poll_once(
         .observe(t.elapsed().as_secs_f64());
     let contended = keys.len() - lock.granted().len();
     metrics.lock_contended.inc_by(contended as u64);
-    let mut round = Round {
-        candidates: candidates.len(),
-        claimed: 0,
-        keys: keys.len(),
-        contended,
-    };
-    if lock.granted().is_empty() {
-        return Ok(round);
-    }
+    Ok((lock, keys.len(), contended))
+}
 
+/// Step 3: claims the rows whose keys were granted and turns them into
+/// jobs. Rows the claim skipped are left out of the next polls for a
+/// moment; keys granted but not claimed (another instance finished or
+/// claimed the row between our read and our claim, or another transaction
+/// holds it) are released at once.
+async fn claim_granted(
+    shared: &Shared,
+    lock: &BatchLock,
+    picked: &[(Candidate, String)],
+) -> anyhow::Result<Vec<Job>> {
     let granted: HashMap<u64, &(Candidate, String)> = picked
         .iter()
         .filter(|(_, k)| lock.is_granted(k))
         .map(|p| (p.0.id, p))
         .collect();
     let ids: Vec<u64> = granted.keys().copied().collect();
-    let rows = match claim_isolating(shared, &lock, &ids).await {
-        Ok(rows) => {
-            if rows.len() < ids.len() {
-                let got: HashSet<u64> = rows
-                    .iter()
-                    .map(|r| match r {
-                        Ok(r) => r.id,
-                        Err((id, _)) => *id,
-                    })
-                    .collect();
-                shared.note_busy(ids.iter().copied().filter(|id| !got.contains(id)));
-            }
-            rows
-        }
+    let rows = match claim_isolating(shared, lock, &ids).await {
+        Ok(rows) => rows,
         Err(e) => {
             // Whatever this round claimed stays claimed until its lease
             // expires; then any instance picks the rows up again.
-            release_all(shared, &lock).await;
+            release_all(shared, lock).await;
             return Err(e).context("claiming the batch");
         }
     };
-
-    // Keys granted but not claimed (another instance finished or claimed the
-    // row between our read and our claim) are released at once.
     let mut jobs: Vec<Job> = Vec::with_capacity(rows.len());
     for row in rows {
         let id = match &row {
@@ -238,6 +267,10 @@ async fn poll_once(
             key: key.clone(),
         });
     }
+    if jobs.len() < ids.len() {
+        let got: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
+        shared.note_busy(ids.iter().copied().filter(|id| !got.contains(id)));
+    }
     let used: HashSet<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
     let unused: Vec<String> = lock
         .granted()
@@ -246,17 +279,23 @@ async fn poll_once(
         .cloned()
         .collect();
     if !unused.is_empty() {
-        if let Err(e) = shared.deps.redlock.release_keys(&lock, &unused).await {
+        if let Err(e) = shared.deps.redlock.release_keys(lock, &unused).await {
             tracing::debug!(error = %e, "releasing unclaimed keys failed; they expire with their TTL");
         }
     }
-    if jobs.is_empty() {
-        return Ok(round);
-    }
+    Ok(jobs)
+}
 
+/// Step 4: counts the claimed rows in flight and spawns their senders: one
+/// per row in item scope, one per user (rows in due order) in user scope.
+/// Returns how many rows were dispatched.
+fn dispatch(shared: &Arc<Shared>, lock: BatchLock, started: Instant, jobs: Vec<Job>) -> usize {
     let n = jobs.len();
+    if n == 0 {
+        return 0;
+    }
     shared.add_in_flight(n);
-    metrics.claimed.inc_by(n as u64);
+    shared.deps.metrics.claimed.inc_by(n as u64);
     shared.totals.claimed.fetch_add(n as u64, Ordering::Relaxed);
     let batch = Arc::new(ClaimBatch {
         lock,
@@ -265,7 +304,7 @@ async fn poll_once(
         claimed: n as u64,
         counts: Default::default(),
     });
-    match cfg.lock_scope {
+    match shared.cfg.lock_scope {
         LockScope::Item => {
             for job in jobs {
                 tokio::spawn(send::run_item(shared.clone(), batch.clone(), job));
@@ -282,8 +321,7 @@ async fn poll_once(
             }
         }
     }
-    round.claimed = n;
-    Ok(round)
+    n
 }
 
 /// Claims `ids` under `lock` and reads them back. When the claim fails

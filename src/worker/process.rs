@@ -20,7 +20,7 @@ const ABORT_WAIT: Duration = Duration::from_secs(2);
 /// signal cuts the drain short (code 130): the operator asked twice, but
 /// rows left `sending` would wait for their lease to end, so in-flight
 /// sends are cut off and the claims handed back first, within
-/// [`ABORT_WAIT`].
+/// `ABORT_WAIT`.
 pub async fn run_process(
     settings: Settings,
     config: WorkerConfig,
