@@ -62,6 +62,18 @@ use crate::transport::Transports;
 
 pub use process::{bench, cleanup_once, run_process};
 
+/// KiB of memory one worker spends on large payloads (above
+/// [`crate::store::claim::INLINE_PAYLOAD_MAX`], read at send time) at once.
+/// A send holds about [`PAYLOAD_COPIES`] copies of its payload (the read,
+/// the checked JSON, the request body), so each is charged that many times
+/// its size. With the inline cap this bounds the payload memory of a
+/// worker: claimed rows × 16 KiB plus this budget, however large the rows
+/// other services write. A payload larger than the whole budget is sent
+/// alone.
+pub const PAYLOAD_BUDGET_KIB: u32 = 32 * 1024;
+/// See [`PAYLOAD_BUDGET_KIB`].
+pub const PAYLOAD_COPIES: u64 = 4;
+
 /// What a worker needs from the outside world.
 #[derive(Debug, Clone)]
 pub struct Deps {
@@ -101,6 +113,8 @@ pub(crate) struct Shared {
     pub regions: Vec<String>,
     /// One permit per concurrent delivery.
     pub send_permits: Semaphore,
+    /// KiB of large payloads being sent at once (see [`PAYLOAD_BUDGET_KIB`]).
+    pub payload_budget: Semaphore,
     /// Rows claimed and not yet finished.
     pub in_flight: AtomicUsize,
     /// Woken by the finisher when claimed rows are done, so a poller that
@@ -265,6 +279,7 @@ impl Worker {
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             send_permits: Semaphore::new(cfg.concurrency),
+            payload_budget: Semaphore::new(PAYLOAD_BUDGET_KIB as usize),
             deps,
             cfg,
             regions,

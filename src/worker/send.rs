@@ -9,7 +9,8 @@ use chrono::Utc;
 use super::backoff::retry_delay;
 use super::job::{ClaimBatch, Done, Job};
 use super::Shared;
-use crate::store::claim::Finish;
+use super::{PAYLOAD_BUDGET_KIB, PAYLOAD_COPIES};
+use crate::store::claim::{self, Finish, INLINE_PAYLOAD_MAX};
 use crate::transport::{Delivery, SendOutcome};
 
 /// Item scope: one row, its own lock key released when it is finished.
@@ -68,6 +69,45 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         tracing::debug!(id = row.id, "expired before sending");
         return (Finish::Expired, None);
     }
+    // A large payload is read now, under the byte budget, and held only
+    // for this send.
+    let mut loaded;
+    let mut _budget = None;
+    let row = if row.payload.is_none() && row.payload_bytes > INLINE_PAYLOAD_MAX {
+        let kib = row
+            .payload_bytes
+            .div_ceil(1024)
+            .min(PAYLOAD_BUDGET_KIB as u64) as u32;
+        _budget = tokio::select! {
+            p = shared.payload_budget.acquire_many(kib) => p.ok(),
+            _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+        };
+        let token = *batch.lock.token().as_bytes();
+        match claim::fetch_payload(shared.deps.store.pool(), row.id, &token).await {
+            Ok(Some(p)) => {
+                loaded = row.clone();
+                loaded.payload = p;
+                &loaded
+            }
+            Ok(None) => {
+                tracing::debug!(id = row.id, "claim gone before the payload was read");
+                return (Finish::HandBack, None);
+            }
+            Err(e) => {
+                tracing::warn!(id = row.id, error = %e, "reading the payload failed; retrying later");
+                let delay = retry_delay(row.attempts, cfg.retry_base, cfg.retry_max, None);
+                return (
+                    Finish::Retry {
+                        delay_us: delay.as_micros() as i64,
+                        error: format!("reading the payload failed: {e}"),
+                    },
+                    None,
+                );
+            }
+        }
+    } else {
+        row
+    };
     let payload = match row.check() {
         Ok(p) => p,
         Err(e) => {
