@@ -74,8 +74,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
     let mut loaded;
     let mut _budget = None;
     let row = if row.payload.is_none() && row.payload_bytes > INLINE_PAYLOAD_MAX {
-        let kib = row
-            .payload_bytes
+        let kib = (row.payload_bytes * PAYLOAD_COPIES)
             .div_ceil(1024)
             .min(PAYLOAD_BUDGET_KIB as u64) as u32;
         _budget = tokio::select! {
