@@ -435,3 +435,41 @@ async fn large_payloads_written_elsewhere_stay_within_the_memory_bound() {
     // Without the bound: 389 MiB here; with it about 75 MiB.
     assert!(peak < 120.0, "peak RSS {peak:.0} MiB");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_outcome_cannot_be_written_fails_alone() {
+    require_redis().await;
+    let db = TestDb::new().await;
+    enqueue(&db, 40).await;
+    let victim: u64 = db
+        .scalar("SELECT CAST(MIN(id) + 7 AS SIGNED) FROM notifications")
+        .await as u64;
+    // Another service's trigger refuses one row's `sent` write.
+    db.exec(&format!(
+        "CREATE TRIGGER refuse_sent BEFORE UPDATE ON notifications FOR EACH ROW \
+         IF NEW.status = 'sent' AND NEW.id = {victim} THEN \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by audit'; END IF"
+    ))
+    .await;
+    let rcv = Receiver::ok(Duration::ZERO).await;
+    let prefix = key_prefix();
+    let mut worker = WorkerProc::spawn(&db, &prefix, &env(&rcv, &[]));
+    wait_until("every row final", Duration::from_secs(30), || async {
+        db.scalar("SELECT COUNT(*) FROM notifications WHERE status IN ('sent', 'failed')")
+            .await
+            == 40
+    })
+    .await;
+    stop(&mut worker).await;
+    assert_eq!(db.count_status("sent").await, 39);
+    let error: Option<String> = sqlx::query_scalar(
+        "SELECT last_error FROM notifications WHERE id = ? AND status = 'failed'",
+    )
+    .bind(victim)
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    let error = error.unwrap_or_default();
+    assert!(error.contains("refused by audit"), "{error}");
+    assert_eq!(rcv.delivered().len(), 40, "delivered once each");
+}
