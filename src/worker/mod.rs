@@ -163,7 +163,7 @@ impl Shared {
     }
 
     /// How long a row the claim skipped stays out of the candidates.
-    const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+    const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
 
     pub(crate) fn note_busy(&self, ids: impl Iterator<Item = u64>) {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
