@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::services::Deps;
 use crate::store::Store;
 use crate::transport::Transports;
-use crate::worker::{Totals, Worker};
+use crate::worker::{Totals, Worker, WorkerHandle};
 
 /// Everything a worker process runs with.
 #[derive(Debug, Clone)]
@@ -64,6 +64,16 @@ impl App {
 
     /// Runs until `shutdown` is cancelled and everything has drained.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<Totals> {
+        self.run_with(shutdown, |_| {}).await
+    }
+
+    /// [`App::run`], handing the worker's handle to `on_start` first (the
+    /// signal glue needs it to cut a drain short).
+    pub async fn run_with(
+        self,
+        shutdown: CancellationToken,
+        on_start: impl FnOnce(WorkerHandle),
+    ) -> anyhow::Result<Totals> {
         for (channel, kind) in self.deps.transports.describe() {
             tracing::info!(channel, kind, "channel configured");
         }
@@ -90,6 +100,7 @@ impl App {
             self.settings.regions.clone(),
         );
         let handle = worker.handle();
+        on_start(handle.clone());
         let companions = crate::companions::spawn(
             &self.deps,
             &self.config,

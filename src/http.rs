@@ -5,7 +5,8 @@
 //! help if not); it never touches MySQL or Redis, so an outage of either
 //! does not get every instance restarted at once. `/readyz` asks whether the
 //! dependencies answer in time: a database ping and an acquire-and-release of
-//! a random lock key, both within `HERALD_HEALTH_TIMEOUT_MS`.
+//! a random lock key, both within `HERALD_HEALTH_TIMEOUT_MS`, and whether
+//! this worker's polls have kept failing for more than a few poll intervals.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +116,10 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> Response {
             .map(|e| format!("lock: {e}"))
     };
     let (db, lock) = tokio::join!(db, lock);
-    let problems: Vec<String> = db.into_iter().chain(lock).collect();
+    // Dependencies that answer a ping can still refuse the real work (a
+    // row that breaks every poll, a permission): say so too.
+    let polls = s.worker.poll_problem().map(|p| format!("worker: {p}"));
+    let problems: Vec<String> = db.into_iter().chain(lock).chain(polls).collect();
     if problems.is_empty() {
         text(StatusCode::OK, "ready\n".into())
     } else {
@@ -127,8 +131,6 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
-    // Read at scrape time rather than updated on every claim and finish.
-    s.deps.metrics.in_flight.set(s.worker.in_flight() as i64);
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         s.deps.metrics.render(),

@@ -42,6 +42,7 @@
 //!   Self-contained: usable as a library on its own.
 //! * [`notification`] — the row model, statuses and input validation for
 //!   enqueue.
+//! * [`outcome`] — what became of a claimed row, and counters keyed by it.
 //! * [`telemetry`] — tracing subscriber set-up (text or JSON).
 //! * Leaves: [`policy`] (the retry schedule), [`setting`] (the error naming a setting, durations), [`name`]
 //!   (the one rule for region and channel names), [`secret`] (URLs and
@@ -60,6 +61,7 @@ pub mod lock;
 pub mod metrics;
 pub mod name;
 pub mod notification;
+pub mod outcome;
 pub mod policy;
 pub mod secret;
 pub mod services;

@@ -456,6 +456,10 @@ pub struct ClaimedRow {
     pub due_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub attempts: u32,
+    /// The payload's stored size. A large payload is not read with the
+    /// claim (`payload` is then `None`) but at send time, under the
+    /// worker's byte budget.
+    pub payload_bytes: u64,
 }
 
 /// Why a claimed row cannot be delivered at all.

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::poll::ClaimBatch;
+use super::job::{ClaimBatch, Done};
 use super::Shared;
+use crate::metrics::Metrics;
+use crate::outcome::Outcome;
 use crate::store::claim::{self, Finish, FinishCounts};
 
 /// Most rows written in one round.
@@ -23,23 +25,10 @@ const MAX_ROUND: usize = 2_000;
 /// Rounds smaller than this may wait [`LINGER`] for more rows.
 const LINGER_BELOW: usize = 128;
 const LINGER: Duration = Duration::from_millis(1);
+/// How soon rows that were locked by another transaction are written again.
+const BUSY_RETRY: Duration = Duration::from_millis(200);
 /// Longest one finish write may take before it is retried.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug)]
-pub(crate) enum Done {
-    Row {
-        batch: Arc<ClaimBatch>,
-        id: u64,
-        finish: Finish,
-        /// The lock key to release with this row (the last row of a user
-        /// group in user scope, every row in item scope).
-        release_key: Option<String>,
-        lag_s: Option<f64>,
-    },
-    /// Sent by `Worker::run` once nothing is in flight.
-    Close,
-}
 
 struct Group {
     batch: Arc<ClaimBatch>,
@@ -109,11 +98,11 @@ async fn write_group(shared: &Shared, g: Group) {
     // So keep trying for as long as the database is away, and stop only
     // when the shutdown grace is over.
     let mut attempt = 0u32;
-    let counts = loop {
+    let (counts, busy) = loop {
         attempt += 1;
         // A database that hangs (rather than fails) must not hold the rows
         // and their send slots forever: bound each attempt.
-        let write = claim::finish(shared.deps.store.pool(), &token, &g.rows);
+        let write = finish_isolating(shared.deps.store.pool(), &token, &g.rows);
         let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
@@ -135,7 +124,7 @@ async fn write_group(shared: &Shared, g: Group) {
                         "finish write impossible before exit; the rows stay claimed until their lease \
                          expires, then another instance sends them again (same webhook-id)"
                     );
-                    break FinishCounts::default();
+                    break (FinishCounts::default(), Vec::new());
                 }
                 let pause = Duration::from_millis((100u64 << attempt.min(4)).min(1_000));
                 tokio::select! {
@@ -146,6 +135,17 @@ async fn write_group(shared: &Shared, g: Group) {
         }
     };
     record(shared, &g, counts);
+    let busy = if shared.abort.is_cancelled() && !busy.is_empty() {
+        tracing::warn!(
+            rows = busy.len(),
+            "rows locked by another transaction cannot be recorded before exit; they stay claimed until \
+             their lease expires, then another instance sends them again (same webhook-id)"
+        );
+        Vec::new()
+    } else {
+        busy
+    };
+    let done = n - busy.len();
 
     if !g.keys.is_empty() {
         if let Err(e) = shared
@@ -157,53 +157,138 @@ async fn write_group(shared: &Shared, g: Group) {
             tracing::debug!(error = %e, "releasing keys failed; they expire with their TTL");
         }
     }
-
-    let before = g.batch.remaining.fetch_sub(n, Ordering::AcqRel);
-    if before == n {
-        log_batch(shared, &g.batch);
+    if !busy.is_empty() {
+        requeue_busy(shared, &g, busy);
     }
-    let left = shared.in_flight.fetch_sub(n, Ordering::AcqRel) - n;
-    shared.deps.metrics.in_flight.set(left as i64);
-    shared.room.notify_waiters();
+
+    if done > 0 {
+        let before = g.batch.remaining.fetch_sub(done, Ordering::AcqRel);
+        if before == done {
+            log_batch(shared, &g.batch);
+        }
+        shared.sub_in_flight(done);
+    }
+}
+
+/// Rows another transaction holds locked are written again a moment later
+/// instead of being waited for, so one foreign lock cannot stop the
+/// finisher (and with it every send slot). They stay in flight until then;
+/// their lock keys were released with the rest, which is safe: the rows
+/// stay claimed (`sending`, lease in the future), and the claim is the
+/// fence. After the shutdown grace they are left to their lease.
+fn requeue_busy(shared: &Shared, g: &Group, busy: Vec<u64>) {
+    tracing::info!(
+        rows = busy.len(),
+        "finish skipped rows locked by another transaction; writing them again shortly"
+    );
+    let rows: Vec<(u64, Finish)> = g
+        .rows
+        .iter()
+        .filter(|(id, _)| busy.contains(id))
+        .cloned()
+        .collect();
+    let tx = shared.finish_tx.clone();
+    let batch = g.batch.clone();
+    let abort = shared.abort.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(BUSY_RETRY) => {}
+            _ = abort.cancelled() => {}
+        }
+        for (id, finish) in rows {
+            let row = Done::Row {
+                batch: batch.clone(),
+                id,
+                finish,
+                release_key: None,
+                lag_s: None,
+            };
+            if tx.send(row).is_err() {
+                tracing::warn!(id, "finisher gone; row left to its lease");
+            }
+        }
+    });
+}
+
+/// Writes the finishes; when the write fails because of what one row holds
+/// (a trigger or constraint another service added), splits the rows until
+/// that row is alone and marks it failed with the reason, so the others are
+/// recorded and one row cannot hold its batch's rows (and send slots)
+/// forever. Returns the counts and the rows that were busy (locked by
+/// another transaction).
+async fn finish_isolating(
+    pool: &sqlx::MySqlPool,
+    token: &[u8; 16],
+    rows: &[(u64, Finish)],
+) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
+    let mut total = FinishCounts::default();
+    let mut busy = Vec::new();
+    let mut parts: Vec<&[(u64, Finish)]> = vec![rows];
+    while let Some(part) = parts.pop() {
+        match claim::finish_rows(pool, token, part).await {
+            Ok((c, b)) => {
+                busy.extend(b);
+                total.merge(&c);
+            }
+            Err(e) if claim::is_row_error(&e) && part.len() > 1 => {
+                let (a, b) = part.split_at(part.len() / 2);
+                parts.push(b);
+                parts.push(a);
+            }
+            Err(e) if claim::is_row_error(&e) => {
+                let (id, finish) = &part[0];
+                let reason = format!("recording the outcome ({finish:?}) failed: {e}");
+                tracing::warn!(id, reason = %reason, "row cannot be finished; marking it failed");
+                if claim::mark_failed(pool, *id, Some(token), &reason).await? {
+                    total.add(Outcome::Failed, 1);
+                } else {
+                    total.add(Outcome::Lost, 1);
+                }
+            }
+            // Parts already written are recognised as done when the whole
+            // write is retried (see `claim::finish_rows`).
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((total, busy))
 }
 
 fn record(shared: &Shared, g: &Group, c: FinishCounts) {
     let m = &shared.deps.metrics;
-    let t = &shared.totals;
-    let b = &g.batch;
-    for (count, metric, total, batch) in [
-        (c.sent, &m.sent, &t.sent, &b.sent),
-        (c.retried, &m.retried, &t.retried, &b.retried),
-        (c.failed, &m.failed, &t.failed, &b.failed),
-        (c.expired, &m.expired, &t.expired, &b.expired),
-        (
-            c.handed_back,
-            &m.handed_back,
-            &t.handed_back,
-            &b.handed_back,
-        ),
-        (c.lost, &m.lost_ownership, &t.lost, &b.lost),
-    ] {
-        metric.inc_by(count);
-        total.fetch_add(count, Ordering::Relaxed);
-        batch.fetch_add(count, Ordering::Relaxed);
+    for (o, n) in c.iter() {
+        metric(m, o).inc_by(n);
+        shared.totals.outcomes.add(o, n);
+        g.batch.counts.add(o, n);
     }
-    if c.lost > 0 {
+    let lost = c[Outcome::Lost];
+    if lost > 0 {
         tracing::warn!(
-            lost = c.lost,
+            lost,
             "finish changed nothing for rows whose claim was lost (lease expired and re-claimed); left untouched"
         );
     }
     // Lag only for rows whose `sent` write took effect.
-    if c.lost == 0 {
+    if lost == 0 {
         for lag in &g.lags {
             m.delivery_lag.observe(*lag);
         }
     }
 }
 
+/// The Prometheus counter of each outcome.
+fn metric(m: &Metrics, o: Outcome) -> &prometheus_client::metrics::counter::Counter {
+    match o {
+        Outcome::Sent => &m.sent,
+        Outcome::Retried => &m.retried,
+        Outcome::Failed => &m.failed,
+        Outcome::Expired => &m.expired,
+        Outcome::HandedBack => &m.handed_back,
+        Outcome::Lost => &m.lost_ownership,
+    }
+}
+
 fn log_batch(shared: &Shared, b: &ClaimBatch) {
-    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let c = b.counts.snapshot();
     let elapsed = b.started.elapsed();
     shared
         .deps
@@ -212,12 +297,12 @@ fn log_batch(shared: &Shared, b: &ClaimBatch) {
         .observe(elapsed.as_secs_f64());
     tracing::info!(
         claimed = b.claimed,
-        sent = g(&b.sent),
-        retried = g(&b.retried),
-        failed = g(&b.failed),
-        expired = g(&b.expired),
-        handed_back = g(&b.handed_back),
-        lost = g(&b.lost),
+        sent = c[Outcome::Sent],
+        retried = c[Outcome::Retried],
+        failed = c[Outcome::Failed],
+        expired = c[Outcome::Expired],
+        handed_back = c[Outcome::HandedBack],
+        lost = c[Outcome::Lost],
         duration_ms = elapsed.as_millis() as u64,
         "batch done"
     );

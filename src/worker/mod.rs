@@ -13,62 +13,81 @@
 //! * the **finisher** ([`finish`]) batches the outcome writes, each
 //!   conditional on the claim token, then releases the lock keys.
 //!
+//! # Module tour
+//!
+//! * [`poll`] — the loop and its round, in named steps: `read_candidates`,
+//!   `lock_batch`, `claim_isolating` (splits a batch around a bad row),
+//!   `dispatch`; plus `pick` and `claim_ahead`.
+//! * `job` — the types the three tasks hand each other (`ClaimBatch`,
+//!   `Job`, `Done`); below all three, so they never import each other.
+//! * [`send`] — one delivery: checks, permit, lock validity, transport,
+//!   and the [`crate::store::claim::Finish`] it results in.
+//! * [`finish`] — batched outcome writes, rows locked elsewhere written
+//!   again shortly, counters by [`crate::outcome::Outcome`], key release.
+//! * [`backoff`] — retry delays and idle poll back-off.
+//! * `spread` — which slice of the candidates each round reads.
+//! * [`process`] — signals in, exit code out, for `herald worker`.
+//! * this file — [`Worker`], its [`WorkerHandle`] and the state the tasks
+//!   share (`Shared`: in-flight count and gauge, skipped and busy rows,
+//!   poll failures for `/readyz`).
+//!
 //! Shutdown ([`Worker::run`]): stop polling; senders that have not started
 //! hand their rows back; in-flight sends get the grace period, after which
 //! they are cut off and handed back too; the finisher writes everything,
-//! releases every lock, and `run` returns.
+//! releases every lock, and `run` returns. A second signal cuts the grace
+//! short ([`WorkerHandle::abort_now`]).
 
 pub mod backoff;
 pub mod finish;
+pub(crate) mod job;
 pub mod poll;
 pub mod send;
 pub(crate) mod spread;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
+use crate::outcome::{AtomicCounts, Counts};
 
 pub use crate::services::Deps;
+
+/// KiB of memory one worker spends on large payloads (above
+/// [`crate::store::claim::INLINE_PAYLOAD_MAX`], read at send time) at once.
+/// A send holds about [`PAYLOAD_COPIES`] copies of its payload (the read,
+/// the checked JSON, the request body), so each is charged that many times
+/// its size. With the inline cap this bounds the payload memory of a
+/// worker: claimed rows × 16 KiB plus this budget, however large the rows
+/// other services write. A payload larger than the whole budget is sent
+/// alone.
+pub const PAYLOAD_BUDGET_KIB: u32 = 32 * 1024;
+/// See [`PAYLOAD_BUDGET_KIB`].
+pub const PAYLOAD_COPIES: u64 = 4;
+
 
 /// Totals over a worker's life, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
     pub claimed: u64,
-    pub sent: u64,
-    pub retried: u64,
-    pub failed: u64,
-    pub expired: u64,
-    pub handed_back: u64,
-    pub lost: u64,
+    pub outcomes: Counts,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct AtomicTotals {
-    claimed: AtomicU64,
-    sent: AtomicU64,
-    retried: AtomicU64,
-    failed: AtomicU64,
-    expired: AtomicU64,
-    handed_back: AtomicU64,
-    lost: AtomicU64,
+    pub claimed: AtomicU64,
+    pub outcomes: AtomicCounts,
 }
 
 impl AtomicTotals {
     fn snapshot(&self) -> Totals {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Totals {
-            claimed: g(&self.claimed),
-            sent: g(&self.sent),
-            retried: g(&self.retried),
-            failed: g(&self.failed),
-            expired: g(&self.expired),
-            handed_back: g(&self.handed_back),
-            lost: g(&self.lost),
+            claimed: self.claimed.load(Ordering::Relaxed),
+            outcomes: self.outcomes.snapshot(),
         }
     }
 }
@@ -81,6 +100,8 @@ pub(crate) struct Shared {
     pub regions: Vec<String>,
     /// One permit per concurrent delivery.
     pub send_permits: Semaphore,
+    /// KiB of large payloads being sent at once (see [`PAYLOAD_BUDGET_KIB`]).
+    pub payload_budget: Semaphore,
     /// Rows claimed and not yet finished.
     pub in_flight: AtomicUsize,
     /// Woken by the finisher when claimed rows are done, so a poller that
@@ -90,7 +111,7 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
     /// Grace period over: in-flight sends are cut off and handed back.
     pub abort: CancellationToken,
-    pub finish_tx: mpsc::UnboundedSender<finish::Done>,
+    pub finish_tx: mpsc::UnboundedSender<job::Done>,
     pub totals: AtomicTotals,
     /// Moving average of one delivery's duration in microseconds; sizes
     /// how far ahead the poller claims.
@@ -98,9 +119,85 @@ pub(crate) struct Shared {
     /// Last time the poll loop completed a round; `/livez` reads it.
     pub heartbeat: AtomicU64,
     pub started: Instant,
+    /// Rows that could neither be claimed nor marked failed (their content
+    /// breaks every write): left alone so the rest keeps flowing.
+    pub skipped: Mutex<HashSet<u64>>,
+    /// Rows the last claims skipped (locked by another transaction, or
+    /// taken by another instance), until when to leave them out of the
+    /// candidates: a foreign lock held for long would otherwise keep them
+    /// at the front of every poll's window, crowding out rows that can go.
+    pub busy: Mutex<HashMap<u64, Instant>>,
+    /// Since when polls have failed without a success in between, and the
+    /// last error; `/readyz` reports it once it lasts.
+    pub poll_failing: Mutex<Option<(Instant, String)>>,
 }
 
 impl Shared {
+    pub(crate) fn skip_row(&self, id: u64) {
+        let mut skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        // A bound, so a table full of unwritable rows cannot grow memory.
+        if skipped.len() < 100_000 {
+            skipped.insert(id);
+        }
+    }
+
+    pub(crate) fn drop_skipped(&self, candidates: &mut Vec<crate::store::claim::Candidate>) {
+        let skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !skipped.is_empty() || !busy.is_empty() {
+            candidates.retain(|c| !skipped.contains(&c.id) && !busy.contains_key(&c.id));
+        }
+    }
+
+    /// How long a row the claim skipped stays out of the candidates.
+    const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
+    pub(crate) fn note_busy(&self, ids: impl Iterator<Item = u64>) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let until = Instant::now() + Self::BUSY_FOR;
+        for id in ids {
+            if busy.len() >= 100_000 {
+                break;
+            }
+            busy.insert(id, until);
+        }
+    }
+
+    /// Forgets rows whose time out is over; returns how many remain, so
+    /// the poll can read that many more candidates.
+    pub(crate) fn busy_count(&self) -> usize {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !busy.is_empty() {
+            let now = Instant::now();
+            busy.retain(|_, until| *until > now);
+        }
+        busy.len()
+    }
+
+    /// Records the outcome of a poll round for `/readyz`.
+    pub(crate) fn poll_result(&self, error: Option<String>) {
+        let mut failing = self.poll_failing.lock().unwrap_or_else(|e| e.into_inner());
+        match (error, failing.as_mut()) {
+            (None, _) => *failing = None,
+            (Some(e), Some((_, last))) => *last = e,
+            (Some(e), None) => *failing = Some((Instant::now(), e)),
+        }
+    }
+
+    /// Rows claimed: the count and its gauge, written only here and in
+    /// [`Shared::sub_in_flight`].
+    pub(crate) fn add_in_flight(&self, n: usize) {
+        let now = self.in_flight.fetch_add(n, Ordering::AcqRel) + n;
+        self.deps.metrics.in_flight.set(now as i64);
+    }
+
+    /// Rows finished: lowers the count and wakes a poller waiting for room.
+    pub(crate) fn sub_in_flight(&self, n: usize) {
+        let now = self.in_flight.fetch_sub(n, Ordering::AcqRel) - n;
+        self.deps.metrics.in_flight.set(now as i64);
+        self.room.notify_waiters();
+    }
+
     pub(crate) fn beat(&self) {
         self.heartbeat
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -128,13 +225,40 @@ impl WorkerHandle {
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Cuts a drain short (a second signal): no more polls, in-flight sends
+    /// are cut off, and every claim not delivered is handed back. Returns
+    /// once nothing is claimed any more; the caller bounds the wait, since
+    /// an unreachable database keeps the claims until their leases end.
+    pub async fn abort_now(&self) {
+        let s = &self.shared;
+        s.stop.cancel();
+        s.abort.cancel();
+        s.room.notify_waiters();
+        wait_drained(s).await;
+    }
+
+    /// Why polls keep failing, once they have failed without a success for
+    /// longer than a few poll intervals (one failure is a blip, a run of
+    /// them means this instance delivers nothing).
+    pub fn poll_problem(&self) -> Option<String> {
+        let failing = self
+            .shared
+            .poll_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (since, error) = failing.as_ref()?;
+        let limit = (self.shared.cfg.poll_interval * 3).max(std::time::Duration::from_secs(1));
+        let lasted = since.elapsed();
+        (lasted > limit).then(|| format!("polls failing for {} ms: {error}", lasted.as_millis()))
+    }
 }
 
 /// One worker instance.
 #[derive(Debug)]
 pub struct Worker {
     shared: Arc<Shared>,
-    finish_rx: mpsc::UnboundedReceiver<finish::Done>,
+    finish_rx: mpsc::UnboundedReceiver<job::Done>,
 }
 
 impl Worker {
@@ -142,6 +266,7 @@ impl Worker {
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             send_permits: Semaphore::new(cfg.concurrency),
+            payload_budget: Semaphore::new(PAYLOAD_BUDGET_KIB as usize),
             deps,
             cfg,
             regions,
@@ -154,6 +279,9 @@ impl Worker {
             send_ewma_us: AtomicU64::new(0),
             heartbeat: AtomicU64::new(0),
             started: Instant::now(),
+            skipped: Mutex::new(HashSet::new()),
+            busy: Mutex::new(HashMap::new()),
+            poll_failing: Mutex::new(None),
         });
         Worker { shared, finish_rx }
     }
@@ -194,7 +322,7 @@ impl Worker {
         let totals = shared.totals.snapshot();
         // The finisher ends once every sender (and this handle's sender
         // clone, held by `shared`) is gone; close explicitly instead.
-        shared.finish_tx.send(finish::Done::Close).ok();
+        shared.finish_tx.send(job::Done::Close).ok();
         if let Err(e) = finisher.await {
             tracing::error!(error = %e, "finisher task failed");
         }

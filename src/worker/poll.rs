@@ -1,7 +1,7 @@
 //! The poll loop: candidates → batched lock → fenced claim → spawn senders.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,30 +9,15 @@ use anyhow::Context;
 use rand::seq::SliceRandom;
 
 use super::backoff::PollBackoff;
-use super::send::{self, Job};
+use super::job::{ClaimBatch, Job};
+use super::send;
 use super::spread::Spreader;
 use super::{wait_for, Shared};
 use crate::config::LockScope;
 use crate::lock::BatchLock;
-use crate::store::claim::{self, Candidate};
+use crate::store::claim::{self, Candidate, ClaimedRead};
 
 const MAX_WINDOW: usize = 10_000;
-
-/// Rows of one poll round that were locked and claimed together: they share
-/// the lock (one token) and one log line when the last of them finishes.
-#[derive(Debug)]
-pub(crate) struct ClaimBatch {
-    pub lock: BatchLock,
-    pub started: Instant,
-    pub remaining: AtomicUsize,
-    pub claimed: u64,
-    pub sent: AtomicU64,
-    pub retried: AtomicU64,
-    pub failed: AtomicU64,
-    pub expired: AtomicU64,
-    pub handed_back: AtomicU64,
-    pub lost: AtomicU64,
-}
 
 /// What one round found.
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,6 +89,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 "poll round got no answer within {limit:?}; claims it may have made return when their lease expires"
             )),
         };
+        shared.poll_result(result.as_ref().err().map(|e| format!("{e:#}")));
         if let Ok(round) = &result {
             if round.claimed > 0 {
                 contended.reset();
@@ -148,45 +134,87 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// One round, in four steps: read candidates, lock a batch of them, claim
+/// the granted rows, dispatch the claimed rows to senders.
 async fn poll_once(
     shared: &Arc<Shared>,
     want: usize,
     slice: Option<claim::Slice>,
 ) -> anyhow::Result<Round> {
-    let cfg = &shared.cfg;
-    let store = &shared.deps.store;
-    let metrics = &shared.deps.metrics;
     let started = Instant::now();
-    let window = want.min(MAX_WINDOW);
-    let candidates = claim::candidates(store.pool(), &shared.regions, window, slice)
-        .await
-        .context("reading due candidates")?;
+    let candidates = read_candidates(shared, want, slice).await?;
     if candidates.is_empty() {
         return Ok(Round::default());
     }
-    // Each picked row with its lock key, computed once.
-    let picked: Vec<(Candidate, String)> = pick(&candidates, want, cfg.lock_scope)
+    let picked = pick_with_keys(&candidates, want, shared.cfg.lock_scope);
+    let (lock, keys, contended) = lock_batch(shared, &picked).await?;
+    let mut round = Round {
+        candidates: candidates.len(),
+        claimed: 0,
+        keys,
+        contended,
+    };
+    if lock.granted().is_empty() {
+        return Ok(round);
+    }
+    let jobs = claim_granted(shared, &lock, &picked).await?;
+    round.claimed = dispatch(shared, lock, started, jobs);
+    Ok(round)
+}
+
+/// Step 1: due candidates, without rows this worker is leaving alone
+/// (unwritable, or skipped by a recent claim). Reads that many more, so
+/// they do not shrink the round.
+async fn read_candidates(
+    shared: &Shared,
+    want: usize,
+    slice: Option<claim::Slice>,
+) -> anyhow::Result<Vec<Candidate>> {
+    let window = (want + shared.busy_count()).min(MAX_WINDOW);
+    let mut candidates =
+        claim::candidates(shared.deps.store.pool(), &shared.regions, window, slice)
+            .await
+            .context("reading due candidates")?;
+    shared.drop_skipped(&mut candidates);
+    Ok(candidates)
+}
+
+/// The rows to try this round, each with its lock key (computed once).
+fn pick_with_keys(
+    candidates: &[Candidate],
+    want: usize,
+    scope: LockScope,
+) -> Vec<(Candidate, String)> {
+    pick(candidates, want, scope)
         .into_iter()
         .map(|c| {
-            let key = match cfg.lock_scope {
+            let key = match scope {
                 LockScope::Item => format!("n:{}", c.id),
                 LockScope::User => format!("u:{}", c.user_id),
             };
             (c, key)
         })
-        .collect();
+        .collect()
+}
+
+/// Step 2: one batched acquire of the picked rows' keys. Returns the lock,
+/// how many keys were asked for and how many another owner held.
+async fn lock_batch(
+    shared: &Shared,
+    picked: &[(Candidate, String)],
+) -> anyhow::Result<(BatchLock, usize, usize)> {
+    let metrics = &shared.deps.metrics;
     let mut seen = HashSet::new();
     let keys: Vec<String> = picked
         .iter()
         .filter(|(_, k)| seen.insert(k.as_str()))
         .map(|(_, k)| k.clone())
         .collect();
-
     let t = Instant::now();
     let lock = shared
         .deps
         .redlock
-        .acquire_many(&keys, cfg.lock_ttl)
+        .acquire_many(&keys, shared.cfg.lock_ttl)
         .await
         .context("locking the batch")?;
     metrics
@@ -194,68 +222,34 @@ async fn poll_once(
         .observe(t.elapsed().as_secs_f64());
     let contended = keys.len() - lock.granted().len();
     metrics.lock_contended.inc_by(contended as u64);
-    let mut round = Round {
-        candidates: candidates.len(),
-        claimed: 0,
-        keys: keys.len(),
-        contended,
-    };
-    if lock.granted().is_empty() {
-        return Ok(round);
-    }
+    Ok((lock, keys.len(), contended))
+}
 
-    // The lease may never outlive the lock: once the lock could have
-    // expired, another instance may lock these keys and must then be able
-    // to claim the rows.
-    let margin = cfg.lock_ttl / 20;
-    let lease = lock.remaining_validity().saturating_sub(margin);
-    if lease < cfg.send_timeout + margin {
-        release_all(shared, &lock).await;
-        anyhow::bail!(
-            "lock validity {:?} left after acquiring is too short for a send (timeout {:?}); is Redis slow?",
-            lock.remaining_validity(),
-            cfg.send_timeout
-        );
-    }
+/// Step 3: claims the rows whose keys were granted and turns them into
+/// jobs. Rows the claim skipped are left out of the next polls for a
+/// moment; keys granted but not claimed (another instance finished or
+/// claimed the row between our read and our claim, or another transaction
+/// holds it) are released at once.
+async fn claim_granted(
+    shared: &Shared,
+    lock: &BatchLock,
+    picked: &[(Candidate, String)],
+) -> anyhow::Result<Vec<Job>> {
     let granted: HashMap<u64, &(Candidate, String)> = picked
         .iter()
         .filter(|(_, k)| lock.is_granted(k))
         .map(|p| (p.0.id, p))
         .collect();
     let ids: Vec<u64> = granted.keys().copied().collect();
-    let token = *lock.token().as_bytes();
-    let claimed = match claim::claim(
-        store.pool(),
-        &ids,
-        &shared.regions,
-        &token,
-        &cfg.worker_id,
-        lease.as_micros() as i64,
-    )
-    .await
-    {
-        Ok(n) => n,
+    let rows = match claim_isolating(shared, lock, &ids).await {
+        Ok(rows) => rows,
         Err(e) => {
-            release_all(shared, &lock).await;
+            // Whatever this round claimed stays claimed until its lease
+            // expires; then any instance picks the rows up again.
+            release_all(shared, lock).await;
             return Err(e).context("claiming the batch");
         }
     };
-    let rows = if claimed == 0 {
-        Vec::new()
-    } else {
-        match claim::fetch_claimed(store.pool(), &ids, &token).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                // The rows stay claimed until their lease expires; then any
-                // instance picks them up again.
-                release_all(shared, &lock).await;
-                return Err(e).context("reading the claimed rows");
-            }
-        }
-    };
-
-    // Keys granted but not claimed (another instance finished or claimed the
-    // row between our read and our claim) are released at once.
     let mut jobs: Vec<Job> = Vec::with_capacity(rows.len());
     for row in rows {
         let id = match &row {
@@ -273,6 +267,10 @@ async fn poll_once(
             key: key.clone(),
         });
     }
+    if jobs.len() < ids.len() {
+        let got: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
+        shared.note_busy(ids.iter().copied().filter(|id| !got.contains(id)));
+    }
     let used: HashSet<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
     let unused: Vec<String> = lock
         .granted()
@@ -281,34 +279,32 @@ async fn poll_once(
         .cloned()
         .collect();
     if !unused.is_empty() {
-        if let Err(e) = shared.deps.redlock.release_keys(&lock, &unused).await {
+        if let Err(e) = shared.deps.redlock.release_keys(lock, &unused).await {
             tracing::debug!(error = %e, "releasing unclaimed keys failed; they expire with their TTL");
         }
     }
-    if jobs.is_empty() {
-        return Ok(round);
-    }
+    Ok(jobs)
+}
 
+/// Step 4: counts the claimed rows in flight and spawns their senders: one
+/// per row in item scope, one per user (rows in due order) in user scope.
+/// Returns how many rows were dispatched.
+fn dispatch(shared: &Arc<Shared>, lock: BatchLock, started: Instant, jobs: Vec<Job>) -> usize {
     let n = jobs.len();
-    shared.in_flight.fetch_add(n, Ordering::AcqRel);
-    metrics
-        .in_flight
-        .set(shared.in_flight.load(Ordering::Relaxed) as i64);
-    metrics.claimed.inc_by(n as u64);
+    if n == 0 {
+        return 0;
+    }
+    shared.add_in_flight(n);
+    shared.deps.metrics.claimed.inc_by(n as u64);
     shared.totals.claimed.fetch_add(n as u64, Ordering::Relaxed);
     let batch = Arc::new(ClaimBatch {
         lock,
         started,
         remaining: AtomicUsize::new(n),
         claimed: n as u64,
-        sent: AtomicU64::new(0),
-        retried: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        expired: AtomicU64::new(0),
-        handed_back: AtomicU64::new(0),
-        lost: AtomicU64::new(0),
+        counts: Default::default(),
     });
-    match cfg.lock_scope {
+    match shared.cfg.lock_scope {
         LockScope::Item => {
             for job in jobs {
                 tokio::spawn(send::run_item(shared.clone(), batch.clone(), job));
@@ -325,8 +321,81 @@ async fn poll_once(
             }
         }
     }
-    round.claimed = n;
-    Ok(round)
+    n
+}
+
+/// Claims `ids` under `lock` and reads them back. When the claim fails
+/// because of what one row holds, splits the batch until that row is alone,
+/// marks it failed with the reason (or, if even that write fails, skips it
+/// from now on), and claims the rest: one bad row must never stop delivery.
+async fn claim_isolating(
+    shared: &Shared,
+    lock: &BatchLock,
+    ids: &[u64],
+) -> anyhow::Result<Vec<ClaimedRead>> {
+    let cfg = &shared.cfg;
+    let pool = shared.deps.store.pool();
+    let token = *lock.token().as_bytes();
+    let margin = cfg.lock_ttl / 20;
+    let mut out = Vec::new();
+    let mut parts = vec![ids.to_vec()];
+    while let Some(part) = parts.pop() {
+        // The lease may never outlive the lock: once the lock could have
+        // expired, another instance may lock these keys and must then be
+        // able to claim the rows. Recomputed per statement, as splitting
+        // takes time.
+        let lease = lock.remaining_validity().saturating_sub(margin);
+        if lease < cfg.send_timeout + margin {
+            if out.is_empty() {
+                anyhow::bail!(
+                    "lock validity {:?} left is too short for a send (timeout {:?}); is Redis slow?",
+                    lock.remaining_validity(),
+                    cfg.send_timeout
+                );
+            }
+            break;
+        }
+        let lease_us = lease.as_micros() as i64;
+        match claim::claim_rows(
+            pool,
+            &part,
+            &shared.regions,
+            &token,
+            &cfg.worker_id,
+            lease_us,
+        )
+        .await
+        {
+            Ok(rows) => out.extend(rows),
+            Err(e) if claim::is_row_error(&e) && part.len() > 1 => {
+                let (a, b) = part.split_at(part.len() / 2);
+                parts.push(b.to_vec());
+                parts.push(a.to_vec());
+            }
+            Err(e) if claim::is_row_error(&e) => {
+                let id = part[0];
+                let reason = format!("claiming the row failed: {e}");
+                shared.skip_row(id);
+                match claim::mark_failed(pool, id, None, &reason).await {
+                    Ok(_) => {
+                        tracing::warn!(id, reason = %reason, "row cannot be claimed; marked failed")
+                    }
+                    Err(e2) => tracing::error!(
+                        id,
+                        reason = %reason,
+                        error = %e2,
+                        "row cannot be claimed nor marked failed; this worker skips it until restarted"
+                    ),
+                }
+            }
+            Err(e) if out.is_empty() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming part of a split batch failed; the rest goes ahead");
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn release_all(shared: &Shared, lock: &BatchLock) {

@@ -4,25 +4,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
-use super::finish::Done;
-use super::poll::ClaimBatch;
+use super::job::{ClaimBatch, Done, Job};
 use super::Shared;
-use crate::store::claim::{ClaimedRead, Finish};
+use super::{PAYLOAD_BUDGET_KIB, PAYLOAD_COPIES};
+use crate::store::claim::{self, Finish, INLINE_PAYLOAD_MAX};
 use crate::transport::{Delivery, SendOutcome};
-
-/// One claimed row on its way to a transport.
-#[derive(Debug)]
-pub(crate) struct Job {
-    pub id: u64,
-    pub user_id: u64,
-    /// Due time before the claim moved it, for the lag metric.
-    pub due_at: DateTime<Utc>,
-    pub row: ClaimedRead,
-    /// The lock key this row was claimed under.
-    pub key: String,
-}
 
 /// Item scope: one row, its own lock key released when it is finished.
 pub(crate) async fn run_item(shared: Arc<Shared>, batch: Arc<ClaimBatch>, job: Job) {
@@ -80,6 +68,49 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         tracing::debug!(id = row.id, "expired before sending");
         return (Finish::Expired, None);
     }
+    // A large payload is read now, under the byte budget, and held only
+    // for this send.
+    let mut loaded;
+    let mut _budget = None;
+    let row = if row.payload.is_none() && row.payload_bytes > INLINE_PAYLOAD_MAX {
+        let kib = (row.payload_bytes * PAYLOAD_COPIES)
+            .div_ceil(1024)
+            .min(PAYLOAD_BUDGET_KIB as u64) as u32;
+        _budget = tokio::select! {
+            p = shared.payload_budget.acquire_many(kib) => p.ok(),
+            _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+        };
+        let token = *batch.lock.token().as_bytes();
+        match claim::fetch_payload(shared.deps.store.pool(), row.id, &token).await {
+            Ok(Some(p)) => {
+                loaded = row.clone();
+                loaded.payload = p;
+                &loaded
+            }
+            Ok(None) => {
+                tracing::debug!(id = row.id, "claim gone before the payload was read");
+                return (Finish::HandBack, None);
+            }
+            Err(e) => {
+                tracing::warn!(id = row.id, error = %e, "reading the payload failed; retrying later");
+                // The database failed us, not the receiver: retry on the
+                // schedule, or soon if it is used up.
+                let delay = cfg
+                    .retry
+                    .delay_after(row.attempts, crate::policy::RetryCause::Error, None)
+                    .unwrap_or(Duration::from_secs(1));
+                return (
+                    Finish::Retry {
+                        delay_us: delay.as_micros() as i64,
+                        error: format!("reading the payload failed: {e}"),
+                    },
+                    None,
+                );
+            }
+        }
+    } else {
+        row
+    };
     let payload = match row.check() {
         Ok(p) => p,
         Err(e) => {

@@ -15,3 +15,4 @@ mod redis_procs;
 mod store_edges;
 mod transport;
 mod worker;
+mod worker_faults;
