@@ -64,7 +64,7 @@ pub struct WorkerArgs {
     /// Older shape of the schedule: attempts in all (with HERALD_RETRY_BASE_MS
     /// and HERALD_RETRY_MAX_MS: base × 2^n, capped). Not with HERALD_RETRY_SCHEDULE.
     #[arg(long, env = "HERALD_MAX_ATTEMPTS",
-        value_parser = clap::value_parser!(u32).range(1..=101))]
+        value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub max_attempts: Option<u32>,
     /// Older shape: first retry delay in milliseconds (default 1000).
     #[arg(long, env = "HERALD_RETRY_BASE_MS",

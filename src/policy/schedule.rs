@@ -18,7 +18,7 @@ use rand::Rng;
 pub const DEFAULT_SCHEDULE: &str = "30s,2m,10m,30m,2h,8h,16h";
 
 /// More retries than this is a typo, not a policy.
-pub const MAX_RETRIES: usize = 100;
+pub const MAX_RETRIES: usize = 1_000;
 
 /// The longest single delay a schedule may hold.
 pub const MAX_DELAY: Duration = Duration::from_secs(30 * 86_400);
@@ -245,7 +245,7 @@ mod tests {
         assert!(RetrySchedule::parse("1s,,2s").is_err());
         assert!(RetrySchedule::parse("0s").is_err());
         assert!(RetrySchedule::parse("31days").is_err());
-        assert!(RetrySchedule::parse(&vec!["1s"; 101].join(",")).is_err());
+        assert!(RetrySchedule::parse(&vec!["1s"; 1_001].join(",")).is_err());
         assert_eq!(RetrySchedule::parse("none").unwrap().max_attempts(), 1);
         assert_eq!(
             RetrySchedule::parse(" 100ms , 1s,1h 30m").unwrap().delays(),

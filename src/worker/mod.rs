@@ -69,7 +69,6 @@ pub const PAYLOAD_BUDGET_KIB: u32 = 32 * 1024;
 /// See [`PAYLOAD_BUDGET_KIB`].
 pub const PAYLOAD_COPIES: u64 = 4;
 
-
 /// Totals over a worker's life, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
