@@ -3,7 +3,9 @@
 //! The worker locks a whole poll batch at once: per master one pipeline of
 //! `SET NX PX` (and one of owner-only releases), so locking 500 rows costs
 //! three round trips, not 1,500. A key is granted iff a majority granted it;
-//! a key granted only on a minority is deleted again on every master.
+//! a key granted only on a minority is deleted again on every master, and a
+//! key a master grants after we stopped waiting for it is deleted as soon as
+//! that answer arrives.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -14,9 +16,11 @@ use futures::StreamExt;
 use tracing::{debug, debug_span, warn, Instrument};
 
 use super::error::{LockError, MasterFailure};
+use super::master::Grants;
 use super::metrics::inc;
-use super::round::{fan_out_tracked, finish_in_background, InFlight, Round};
-use super::single::{extend_round, jitter, ReleaseOnDrop};
+use super::round::{fan_out_granting, finish_in_background, InFlight, Round};
+use super::scripts::set_nx_px;
+use super::single::ReleaseOnDrop;
 use super::token::Token;
 use super::{check_ttl, ttl_ms, Inner, Redlock};
 
@@ -80,7 +84,6 @@ impl fmt::Debug for BatchLock {
 /// Per-key yes/no counts of one batched round.
 struct KeyTally {
     yes: Vec<u32>,
-    no: Vec<u32>,
     answered: usize,
     causes: Vec<MasterFailure>,
 }
@@ -91,7 +94,6 @@ async fn tally_keys(inner: &Inner, mut round: Round<Vec<bool>>, nkeys: usize) ->
     let q = inner.quorum as u32;
     let mut t = KeyTally {
         yes: vec![0; nkeys],
-        no: vec![0; nkeys],
         answered: 0,
         causes: Vec::new(),
     };
@@ -101,11 +103,9 @@ async fn tally_keys(inner: &Inner, mut round: Round<Vec<bool>>, nkeys: usize) ->
         match r {
             Ok(flags) => {
                 t.answered += 1;
-                for j in 0..nkeys {
+                for (j, yes) in t.yes.iter_mut().enumerate() {
                     if flags.get(j).copied().unwrap_or(false) {
-                        t.yes[j] += 1;
-                    } else {
-                        t.no[j] += 1;
+                        *yes += 1;
                     }
                 }
             }
@@ -151,32 +151,28 @@ impl Redlock {
             let inflight = InFlight::new(inner.masters.len());
             let mut guard =
                 ReleaseOnDrop::new(inner.clone(), full.clone(), token, Some(inflight.clone()));
-            let full = Arc::new(full);
+            let grants = Grants {
+                keys: full.iter().map(|k| Arc::from(k.as_str())).collect(),
+                token,
+                holder: None,
+            };
             let px = ttl_ms(ttl);
             let round = {
-                let full = full.clone();
-                fan_out_tracked(
+                let keys = grants.keys.clone();
+                fan_out_granting(
                     inner,
                     inner.budget(ttl),
                     Some(&inflight),
-                    None,
+                    grants,
                     move |mut c| {
-                        let full = full.clone();
+                        let keys = keys.clone();
                         async move {
                             let mut pipe = redis::pipe();
-                            for k in full.iter() {
-                                pipe.cmd("SET")
-                                    .arg(k)
-                                    .arg(&token.as_bytes()[..])
-                                    .arg("NX")
-                                    .arg("PX")
-                                    .arg(px);
+                            for k in keys.iter() {
+                                set_nx_px(&mut pipe, k, &token, px);
                             }
                             let replies: Vec<Option<String>> = pipe.query_async(&mut c).await?;
-                            Ok(replies
-                                .into_iter()
-                                .map(|r| r.is_some())
-                                .collect::<Vec<bool>>())
+                            Ok(replies.into_iter().map(|r| r.is_some()).collect())
                         }
                     },
                 )
@@ -224,86 +220,6 @@ impl Redlock {
                 valid_until,
                 inflight: Some(inflight),
             })
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Re-arms every granted key for `ttl`. Keys a majority no longer holds
-    /// are removed from `batch` and reported as [`LockError::Lost`] (the
-    /// others stay extended); unanswered masters are retried within validity.
-    pub async fn extend_many(&self, batch: &mut BatchLock, ttl: Duration) -> Result<(), LockError> {
-        let drift = check_ttl(ttl)?;
-        let inner = &self.inner;
-        let span = debug_span!(
-            "lock.extend_many",
-            keys = batch.granted.len(),
-            ttl_ms = ttl_ms(ttl)
-        );
-        async move {
-            let q = inner.quorum as u32;
-            let mut todo: Vec<usize> = (0..batch.granted.len()).collect();
-            let mut lost: Vec<usize> = Vec::new();
-            let mut first_start = None;
-            let mut backoff = Duration::from_millis(5);
-            while !todo.is_empty() {
-                let remaining = batch.remaining_validity();
-                if remaining.is_zero() {
-                    lost.append(&mut todo);
-                    break;
-                }
-                let start = Instant::now();
-                first_start.get_or_insert(start);
-                let keys: Vec<String> = todo
-                    .iter()
-                    .map(|&j| inner.full_key(&batch.granted[j]))
-                    .collect();
-                let round = extend_round(
-                    inner,
-                    Arc::new(keys),
-                    batch.token,
-                    ttl,
-                    inner.budget(ttl).min(remaining),
-                );
-                let t = tally_keys(inner, round, todo.len()).await;
-                let mut again = Vec::new();
-                for (pos, &j) in todo.iter().enumerate() {
-                    if t.yes[pos] >= q {
-                        continue;
-                    }
-                    if t.no[pos] as usize > inner.masters.len() - inner.quorum {
-                        lost.push(j);
-                    } else {
-                        again.push(j);
-                    }
-                }
-                todo = again;
-                if !todo.is_empty() {
-                    tokio::time::sleep(jitter(backoff).min(batch.remaining_validity())).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
-                }
-            }
-            if let Some(start) = first_start {
-                if lost.len() < batch.granted.len() {
-                    batch.valid_until = start + (ttl - drift);
-                    batch.ttl = ttl;
-                }
-            }
-            if lost.is_empty() {
-                inc(&inner.metrics.extended);
-                return Ok(());
-            }
-            inc(&inner.metrics.extend_failures);
-            warn!(lost = lost.len(), "batch extend lost keys");
-            let lost: HashSet<usize> = lost.into_iter().collect();
-            let mut j = 0;
-            batch.granted.retain(|_| {
-                let keep = !lost.contains(&j);
-                j += 1;
-                keep
-            });
-            batch.granted_set = batch.granted.iter().cloned().collect();
-            Err(LockError::Lost)
         }
         .instrument(span)
         .await

@@ -1,4 +1,4 @@
-//! Configuration and retry policy.
+//! Configuration, and the one rule for what counts as the same master.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -153,51 +153,6 @@ pub fn drift(ttl: Duration) -> Duration {
     ttl / 100 + Duration::from_millis(2)
 }
 
-/// How [`Redlock::acquire_with_retry`](super::Redlock::acquire_with_retry)
-/// spaces its attempts: exponential backoff with full jitter, so contending
-/// instances spread out instead of retrying in lock-step.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in total, the first included (0 is treated as 1).
-    pub max_attempts: u32,
-    /// Backoff before the second attempt; zero is legal (retry at once,
-    /// yielding to the runtime in between).
-    pub base_delay: Duration,
-    /// Cap of the exponential backoff.
-    pub max_delay: Duration,
-    /// Overall time budget, attempts and delays included.
-    pub deadline: Option<Duration>,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 10,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(200),
-            deadline: None,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Full-jitter delay before attempt `attempt + 1` (0-based `attempt`).
-    pub(crate) fn delay(&self, attempt: u32) -> Duration {
-        use rand::Rng;
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        let cap = self
-            .base_delay
-            .checked_mul(factor)
-            .unwrap_or(self.max_delay)
-            .min(self.max_delay);
-        let cap_ns = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-        if cap_ns == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(rand::rng().random_range(0..=cap_ns))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,21 +182,6 @@ mod tests {
             "redis://127.0.0.1:7000/1".into(),
         ]);
         ok.validate().unwrap();
-    }
-
-    #[test]
-    fn zero_delay_policy_never_sleeps() {
-        let p = RetryPolicy {
-            base_delay: Duration::ZERO,
-            ..RetryPolicy::default()
-        };
-        for a in 0..40 {
-            assert_eq!(p.delay(a), Duration::ZERO);
-        }
-        let p = RetryPolicy::default();
-        for a in 0..40 {
-            assert!(p.delay(a) <= p.max_delay);
-        }
     }
 
     #[test]

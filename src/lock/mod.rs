@@ -8,7 +8,7 @@
 //! # Tour
 //!
 //! * [`Redlock`] (this file) — the handle; cheap to clone.
-//! * `single` — acquire (with retry), extend and release of one key.
+//! * `single` — acquire, extend and release of one key.
 //! * `batch` — many keys in one pipelined round trip per master with one token.
 //! * `watchdog` — [`Redlock::with_lock`]: renews while the work runs and tells
 //!   the work when the lock is lost.
@@ -95,7 +95,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use batch::BatchLock;
-pub use config::{drift, LockConfig, RetryPolicy};
+pub use config::{drift, LockConfig};
 pub use error::{FailureKind, LockConfigError, LockError, MasterFailure};
 pub use metrics::{LockMetrics, LockMetricsSnapshot, MasterMetrics, MasterMetricsSnapshot};
 pub use single::Lock;

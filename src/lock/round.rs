@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use super::coalesce::Op;
 use super::error::{FailureKind, MasterFailure};
-use super::master::Master;
+use super::master::{Grants, Master};
 use super::Inner;
 
 pub(crate) type MasterFut<R> =
@@ -112,6 +112,26 @@ where
     per_master(inner, track, after, move |m| {
         let make = make.clone();
         async move { m.run(budget, make).await }
+    })
+}
+
+/// [`fan_out_tracked`] for requests answering one flag per key of `grants`,
+/// whose late grants are deleted again (see [`Master::run_granting`]).
+pub(crate) fn fan_out_granting<F, Fut>(
+    inner: &Arc<Inner>,
+    budget: Duration,
+    track: Option<&Arc<InFlight>>,
+    grants: Grants,
+    make: F,
+) -> Round<Vec<bool>>
+where
+    F: Fn(MultiplexedConnection) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = RedisResult<Vec<bool>>> + Send + 'static,
+{
+    per_master(inner, track, None, move |m| {
+        let make = make.clone();
+        let grants = grants.clone();
+        async move { m.run_granting(budget, grants, make).await }
     })
 }
 

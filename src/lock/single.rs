@@ -1,20 +1,22 @@
 //! Acquire, extend and release of one key.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, debug_span, warn, Instrument};
 
 use super::coalesce::Op;
 use super::error::{FailureKind, LockError};
+use super::master::Grants;
 use super::metrics::inc;
 use super::round::{
-    fan_out, fan_out_op, fan_out_tracked, finish_in_background, tally, InFlight, Round, Stop, Tally,
+    fan_out_granting, fan_out_op, fan_out_tracked, finish_in_background, tally, InFlight, Round,
+    Stop, Tally,
 };
 use super::scripts::{eval_chunked, EXTEND, RELEASE};
 use super::token::Token;
-use super::{check_ttl, ttl_ms, Inner, Redlock, RetryPolicy};
+use super::{check_ttl, ttl_ms, Inner, Redlock};
 
 /// A lock held on a majority of masters. Dropping it does not release it (it
 /// expires after its TTL); call [`Redlock::release`].
@@ -25,6 +27,9 @@ pub struct Lock {
     pub(crate) ttl: Duration,
     pub(crate) valid_until: Instant,
     pub(crate) inflight: Option<Arc<InFlight>>,
+    /// Alive while someone holds this lock: an extend answered after its
+    /// caller gave up is undone only once the holder is gone.
+    pub(crate) holder: Arc<()>,
 }
 
 impl Lock {
@@ -143,16 +148,24 @@ pub(crate) fn release_round(
     })
 }
 
-/// Owner-only PEXPIRE of `keys` on every master; one flag per key.
+/// Owner-only PEXPIRE of `keys` on every master; one flag per key. A
+/// PEXPIRE answered late re-armed a key for a full TTL; it is deleted again
+/// if `holder` is gone by then.
 pub(crate) fn extend_round(
     inner: &Arc<Inner>,
     keys: Arc<Vec<String>>,
     token: Token,
     ttl: Duration,
     budget: Duration,
+    holder: Weak<()>,
 ) -> Round<Vec<bool>> {
     let ttl = ttl_ms(ttl).to_string();
-    fan_out(inner, budget, move |mut c| {
+    let grants = Grants {
+        keys: keys.iter().map(|k| Arc::from(k.as_str())).collect(),
+        token,
+        holder: Some(holder),
+    };
+    fan_out_granting(inner, budget, None, grants, move |mut c| {
         let keys = keys.clone();
         let ttl = ttl.clone();
         async move {
@@ -262,6 +275,7 @@ impl Redlock {
                     ttl,
                     valid_until,
                     inflight: Some(inflight),
+                    holder: Arc::new(()),
                 });
             }
             if t.no == inner.masters.len() {
@@ -273,49 +287,6 @@ impl Redlock {
         }
         .instrument(span)
         .await
-    }
-
-    /// [`Redlock::acquire`] with exponential backoff and full jitter between
-    /// attempts, bounded by `retry.max_attempts` and `retry.deadline`. A zero
-    /// delay is legal. Non-retryable errors (a too-short TTL) return at once.
-    pub async fn acquire_with_retry(
-        &self,
-        key: &str,
-        ttl: Duration,
-        retry: &RetryPolicy,
-    ) -> Result<Lock, LockError> {
-        check_ttl(ttl)?;
-        let deadline = retry.deadline.map(|d| tokio::time::Instant::now() + d);
-        let attempts = retry.max_attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            let res = match deadline {
-                Some(d) => tokio::time::timeout_at(d, self.acquire(key, ttl))
-                    .await
-                    .unwrap_or(Err(LockError::DeadlineExceeded)),
-                None => self.acquire(key, ttl).await,
-            };
-            let err = match res {
-                Ok(lock) => return Ok(lock),
-                Err(e) if e.is_retryable() => e,
-                Err(e) => return Err(e),
-            };
-            attempt += 1;
-            if attempt >= attempts {
-                return Err(err);
-            }
-            let delay = retry.delay(attempt - 1);
-            if let Some(d) = deadline {
-                if tokio::time::Instant::now() + delay >= d {
-                    return Err(err);
-                }
-            }
-            if delay.is_zero() {
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(delay).await;
-            }
-        }
     }
 
     /// Re-arms the lock for `ttl` on a majority, owner-only. Returns
@@ -344,6 +315,7 @@ impl Redlock {
                     lock.token,
                     ttl,
                     inner.budget(ttl).min(remaining),
+                    Arc::downgrade(&lock.holder),
                 );
                 let t = tally(inner, round, Stop::Decided, |v: &Vec<bool>| {
                     v.first() == Some(&true)
@@ -379,6 +351,8 @@ impl Redlock {
     pub async fn release(&self, lock: Lock) -> Result<(), LockError> {
         let span = debug_span!("lock.release", key = lock.key.as_str());
         let budget = self.inner.budget(lock.ttl);
+        // From here on, a late extend grant is nobody's and gets undone.
+        drop(lock.holder);
         self.inner
             .release_keys_now(
                 vec![lock.full_key],

@@ -1,11 +1,13 @@
 //! Helpers for the rest of Herald: once-per-window election and health probe.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, debug_span, Instrument};
 
+use super::coalesce::Op;
 use super::error::LockError;
-use super::round::{fan_out, fan_out_tracked, tally, InFlight, Stop};
+use super::round::{fan_out, fan_out_op, tally, InFlight, Stop};
 use super::single::{jitter, release_round};
 use super::token::Token;
 use super::{check_ttl, ttl_ms, Redlock};
@@ -37,18 +39,13 @@ impl Redlock {
             let budget = inner.budget(window);
             let mut backoff = Duration::from_millis(2);
             loop {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(&full)
-                    .arg(&token.as_bytes()[..])
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms(window));
-                let cmd = std::sync::Arc::new(cmd);
+                let op = Op::Set {
+                    key: Arc::from(full.as_str()),
+                    token,
+                    ttl_ms: ttl_ms(window),
+                };
                 let inflight = InFlight::new(inner.masters.len());
-                let round = fan_out_tracked(inner, budget, Some(&inflight), None, move |mut c| {
-                    let cmd = cmd.clone();
-                    async move { Ok(cmd.query_async::<Option<String>>(&mut c).await?.is_some()) }
-                });
+                let round = fan_out_op(inner, budget, Some(&inflight), None, op);
                 let t = tally(inner, round, Stop::Decided, |b| *b).await;
                 if t.yes >= inner.quorum {
                     debug!("won the window");

@@ -6,6 +6,7 @@ mod companions;
 mod foundation;
 mod helpers;
 mod lock;
+mod lock_faults;
 mod mariadb_proc;
 mod receiver;
 mod redis_procs;

@@ -1,0 +1,118 @@
+//! The lock under master faults: stalls that answer late, restarts that lose
+//! data, one server listed twice. Real redis-server processes throughout.
+
+use std::time::Duration;
+
+use herald::lock::{LockConfig, LockError, Redlock, Token};
+
+use crate::helpers::wait_until;
+use crate::redis_procs::Masters;
+
+fn prefix() -> String {
+    format!("tf-{}:", &Token::random().unwrap().to_hex()[..12])
+}
+
+fn config(urls: Vec<String>, prefix: &str) -> LockConfig {
+    LockConfig {
+        masters: urls,
+        key_prefix: prefix.to_owned(),
+        master_timeout: Duration::from_millis(50),
+        pool_size: 1,
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_millis(300),
+        ..LockConfig::default()
+    }
+}
+
+async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Keys under `prefix` on one master, by SCAN.
+async fn scan_prefix(url: &str, prefix: &str) -> Vec<String> {
+    let mut c = conn(url).await;
+    let mut cursor: u64 = 0;
+    let mut out = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        out.extend(keys);
+        if next == 0 {
+            return out;
+        }
+        cursor = next;
+    }
+}
+
+/// Issue 13.9: a majority of masters stalls (SIGSTOP) while acquires, batch
+/// acquires and an extend are sent to it; every caller gives up. On SIGCONT
+/// the masters execute those requests; each late grant must be deleted again
+/// at once, not live for its fresh 30 s TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_grants_after_a_stall_are_released_on_arrival() {
+    let mut masters = Masters::start(3);
+    let urls = masters.urls();
+    let p = prefix();
+    let rl = Redlock::new(config(urls.clone(), &p)).await.unwrap();
+    assert_eq!(rl.warm_up(Duration::from_secs(3)).await, 3);
+    let ttl = Duration::from_secs(30);
+    // Held before the stall, extended during it, released after giving up.
+    let mut held = rl.acquire("held", ttl).await.unwrap();
+
+    masters[1].pause();
+    masters[2].pause();
+    // Several rounds, so the breakers open and later releases are refused.
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let rl = rl.clone();
+            tasks.push(tokio::spawn(async move {
+                rl.acquire(&format!("s:{round}:{i}"), ttl).await
+            }));
+        }
+        let keys: Vec<String> = (0..50).map(|i| format!("b:{round}:{i}")).collect();
+        let batch = rl.acquire_many(&keys, ttl).await;
+        assert!(
+            matches!(batch, Err(LockError::NoQuorum { .. })),
+            "{batch:?}"
+        );
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert!(matches!(r, Err(LockError::NoQuorum { .. })), "{r:?}");
+        }
+    }
+    // The extend gives up on the stalled masters; so does its caller.
+    let extend = tokio::time::timeout(Duration::from_millis(300), rl.extend(&mut held, ttl)).await;
+    assert!(extend.is_err(), "extend cannot succeed: {extend:?}");
+    let released = rl.release(held).await;
+    assert!(released.is_err(), "{released:?}");
+
+    masters[1].resume();
+    masters[2].resume();
+    // Well before the 30 s TTL: nothing of ours is left anywhere.
+    for url in &urls {
+        let url = url.clone();
+        let p = p.clone();
+        wait_until(
+            "late grants released on every master",
+            Duration::from_secs(5),
+            || {
+                let url = url.clone();
+                let p = p.clone();
+                async move { scan_prefix(&url, &p).await.is_empty() }
+            },
+        )
+        .await;
+    }
+}
