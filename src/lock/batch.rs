@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tracing::{debug, debug_span, warn, Instrument};
 
-use super::error::{LockError, MasterFailure};
+use super::error::{FailureKind, LockError, MasterFailure};
 use super::master::Grants;
 use super::metrics::inc;
 use super::round::{fan_out_granting, finish_in_background, InFlight, Round};
 use super::scripts::set_nx_px;
 use super::single::ReleaseOnDrop;
 use super::token::Token;
-use super::{check_ttl, ttl_ms, Inner, Redlock};
+use super::{ttl_ms, Inner, Redlock};
 
 /// The keys of one [`Redlock::acquire_many`] call that a majority granted.
 pub struct BatchLock {
@@ -101,6 +101,9 @@ async fn tally_keys(inner: &Inner, mut round: Round<Vec<bool>>, nkeys: usize) ->
     while let Some((i, r)) = round.next().await {
         pending -= 1;
         match r {
+            // A master in restart quarantine grants nothing; counted as not
+            // answered, so whatever it set is deleted again.
+            Ok(_) if !inner.votes(i) => t.causes.push(inner.failure(i, FailureKind::Restarted)),
             Ok(flags) => {
                 t.answered += 1;
                 for (j, yes) in t.yes.iter_mut().enumerate() {
@@ -129,7 +132,7 @@ impl Redlock {
         keys: &[String],
         ttl: Duration,
     ) -> Result<BatchLock, LockError> {
-        let drift = check_ttl(ttl)?;
+        let drift = self.inner.check_ttl(ttl)?;
         let token = Token::random().map_err(|e| LockError::Random(e.to_string()))?;
         let inner = &self.inner;
         let mut seen = HashSet::with_capacity(keys.len());

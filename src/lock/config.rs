@@ -38,6 +38,14 @@ pub struct LockConfig {
     /// PEM of the CA(s) to trust for `rediss://` masters instead of the public
     /// web roots (managed Redis with a private CA, and tests).
     pub tls_root_ca: Option<Vec<u8>>,
+    /// The longest TTL any client of these masters uses. A master that
+    /// restarted less than this ago (or, at first sight, has been up for
+    /// less) may have forgotten a lock someone still holds, so its votes do
+    /// not count until then. This `Redlock` also counts the largest TTL it
+    /// has requested itself; set this when other processes lock the same
+    /// keys with longer TTLs, or so that a freshly started process is safe
+    /// from its first lock on. Zero: only the TTLs requested here count.
+    pub longest_ttl: Duration,
 }
 
 impl Default for LockConfig {
@@ -51,6 +59,7 @@ impl Default for LockConfig {
             breaker_cooldown: Duration::from_secs(1),
             min_validity: Duration::ZERO,
             tls_root_ca: None,
+            longest_ttl: Duration::ZERO,
         }
     }
 }
@@ -108,13 +117,7 @@ impl LockConfig {
                 });
             }
             // Same server reached twice would count twice towards the quorum.
-            let u = url.url();
-            let identity = (
-                u.host_str().unwrap_or_default().to_ascii_lowercase(),
-                u.port().unwrap_or(6379),
-                u.path().trim_matches('/').parse::<u32>().unwrap_or(0),
-            );
-            if !seen.insert(identity) {
+            if !seen.insert(master_identity(&url)) {
                 return Err(LockConfigError::Duplicate {
                     url: url.redacted(),
                 });
@@ -123,6 +126,25 @@ impl LockConfig {
         }
         Ok(out)
     }
+}
+
+/// The one rule for "the same master listed twice", for every layer that
+/// reads Redis URLs: same host (case-insensitive), same port (6379 if
+/// none is given) and same database (0 if none is given), so
+/// `redis://h:6379` and `redis://H/0` are one master. Different names of
+/// one server (`localhost` and `127.0.0.1`) can only be told by asking it:
+/// see [`Redlock::check_distinct`](super::Redlock::check_distinct).
+pub fn same_master(a: &SecretUrl, b: &SecretUrl) -> bool {
+    master_identity(a) == master_identity(b)
+}
+
+fn master_identity(url: &SecretUrl) -> (String, u16, u32) {
+    let u = url.url();
+    (
+        u.host_str().unwrap_or_default().to_ascii_lowercase(),
+        u.port().unwrap_or(6379),
+        u.path().trim_matches('/').parse::<u32>().unwrap_or(0),
+    )
 }
 
 impl fmt::Debug for LockConfig {
@@ -143,6 +165,7 @@ impl fmt::Debug for LockConfig {
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("min_validity", &self.min_validity)
             .field("tls_root_ca", &self.tls_root_ca.as_ref().map(|_| "<pem>"))
+            .field("longest_ttl", &self.longest_ttl)
             .finish()
     }
 }
@@ -175,6 +198,18 @@ mod tests {
         assert!(matches!(
             bad.validate(),
             Err(LockConfigError::InvalidUrl { index: 0, .. })
+        ));
+        let same = |a: &str, b: &str| {
+            same_master(&SecretUrl::parse(a).unwrap(), &SecretUrl::parse(b).unwrap())
+        };
+        assert!(same("redis://h:6379", "redis://h:6379/0"));
+        assert!(same("redis://H", "rediss://u:pw@h:6379/"));
+        assert!(!same("redis://h", "redis://h/1"));
+        assert!(!same("redis://h", "redis://h:6380"));
+        let zero = LockConfig::new(vec!["redis://h:6379".into(), "redis://h/0".into()]);
+        assert!(matches!(
+            zero.validate(),
+            Err(LockConfigError::Duplicate { .. })
         ));
         let ok = LockConfig::new(vec![
             "redis://127.0.0.1:7000".into(),

@@ -33,6 +33,7 @@ use super::coalesce::{Coalescer, Op};
 use super::config::LockConfig;
 use super::error::FailureKind;
 use super::metrics::{inc, MasterMetrics};
+use super::restart::{Identity, LongestTtl};
 use super::scripts::release_each;
 use super::token::Token;
 use crate::secret::SecretUrl;
@@ -40,6 +41,7 @@ use crate::secret::SecretUrl;
 pub(crate) struct Manager {
     client: redis::Client,
     config: AsyncConnectionConfig,
+    identity: Arc<Identity>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -60,10 +62,12 @@ impl bb8::ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Conn, RedisError> {
-        let inner = self
+        let mut inner = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
+        // Before any request uses it: a restarted master must not vote.
+        self.identity.check(&mut inner).await;
         Ok(Conn {
             inner,
             broken: Arc::new(AtomicBool::new(false)),
@@ -86,6 +90,7 @@ pub(crate) struct Master {
     coalescer: Coalescer,
     pub(crate) breaker: Breaker,
     pub(crate) metrics: Arc<MasterMetrics>,
+    pub(crate) identity: Arc<Identity>,
 }
 
 /// How long the answer to a request its caller gave up on is still awaited.
@@ -212,7 +217,11 @@ fn install_tls_provider() {
 impl Master {
     /// Never connects: the pool dials in the background, so a master that is
     /// down at start-up does not prevent the service from starting.
-    pub(crate) fn new(url: &SecretUrl, cfg: &LockConfig) -> Result<Self, RedisError> {
+    pub(crate) fn new(
+        url: &SecretUrl,
+        cfg: &LockConfig,
+        longest: Arc<LongestTtl>,
+    ) -> Result<Self, RedisError> {
         if url.scheme() == "rediss" {
             install_tls_provider();
         }
@@ -236,9 +245,14 @@ impl Master {
             .min_idle(Some(cfg.pool_size))
             .test_on_check_out(false)
             .retry_connection(false)
-            .connection_timeout(Duration::from_secs(2).max(cfg.master_timeout * 2))
-            .build_unchecked(Manager { client, config });
+            .connection_timeout(Duration::from_secs(2).max(cfg.master_timeout * 2));
         let name = url.redacted();
+        let identity = Arc::new(Identity::new(name.clone(), longest));
+        let pool = pool.build_unchecked(Manager {
+            client,
+            config,
+            identity: identity.clone(),
+        });
         Ok(Self {
             metrics: Arc::new(MasterMetrics {
                 master: name.clone(),
@@ -248,6 +262,7 @@ impl Master {
             coalescer: Coalescer::new(pool.clone()),
             pool,
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
+            identity,
         })
     }
 

@@ -207,7 +207,9 @@ pub(crate) struct Tally {
 /// When a round may stop waiting.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stop {
-    /// A majority said yes, or yes can no longer reach a majority.
+    /// A majority said yes, or yes can no longer reach a majority. For
+    /// grants: a master in restart quarantine (see [`super::restart`]) does
+    /// not count as yes.
     Decided,
     /// A majority answered at all (yes or no), or can no longer answer.
     Answered,
@@ -228,6 +230,10 @@ pub(crate) async fn tally<R: Send + 'static>(
     while let Some((i, r)) = round.next().await {
         t.pending -= 1;
         match r {
+            // A grant decides nothing if the master may have lost others' locks.
+            Ok(ref v) if is_yes(v) && matches!(stop, Stop::Decided) && !inner.votes(i) => {
+                t.causes.push(inner.failure(i, FailureKind::Restarted));
+            }
             Ok(ref v) if is_yes(v) => t.yes += 1,
             Ok(_) => {
                 t.no += 1;

@@ -16,7 +16,7 @@ use super::round::{
 };
 use super::scripts::{eval_chunked, EXTEND, RELEASE};
 use super::token::Token;
-use super::{check_ttl, ttl_ms, Inner, Redlock};
+use super::{ttl_ms, Inner, Redlock};
 
 /// A lock held on a majority of masters. Dropping it does not release it (it
 /// expires after its TTL); call [`Redlock::release`].
@@ -236,7 +236,7 @@ impl Redlock {
     /// than the per-master budget. Cancel-safe: dropping the future releases
     /// whatever it took.
     pub async fn acquire(&self, key: &str, ttl: Duration) -> Result<Lock, LockError> {
-        let drift = check_ttl(ttl)?;
+        let drift = self.inner.check_ttl(ttl)?;
         let token = Token::random().map_err(|e| LockError::Random(e.to_string()))?;
         let inner = &self.inner;
         let full_key = inner.full_key(key);
@@ -295,7 +295,7 @@ impl Redlock {
     /// it never deletes anything, so a lock that is still valid survives a
     /// failed extend.
     pub async fn extend(&self, lock: &mut Lock, ttl: Duration) -> Result<(), LockError> {
-        let drift = check_ttl(ttl)?;
+        let drift = self.inner.check_ttl(ttl)?;
         let inner = &self.inner;
         let span = debug_span!("lock.extend", key = lock.key.as_str(), ttl_ms = ttl_ms(ttl));
         async move {

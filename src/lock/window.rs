@@ -10,7 +10,7 @@ use super::error::LockError;
 use super::round::{fan_out, fan_out_op, tally, InFlight, Stop};
 use super::single::{jitter, release_round};
 use super::token::Token;
-use super::{check_ttl, ttl_ms, Redlock};
+use super::{ttl_ms, Redlock};
 
 impl Redlock {
     /// True for exactly one caller per aligned time window (wall clock,
@@ -23,7 +23,7 @@ impl Redlock {
     /// otherwise tries again after a short jittered pause, within half a
     /// window (at most 5 s).
     pub async fn once_per_window(&self, name: &str, window: Duration) -> Result<bool, LockError> {
-        check_ttl(window)?;
+        self.inner.check_ttl(window)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

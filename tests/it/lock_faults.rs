@@ -116,3 +116,111 @@ async fn late_grants_after_a_stall_are_released_on_arrival() {
         .await;
     }
 }
+
+/// Issue 13 (the classic Redlock warning): a master restarted without
+/// persistence has forgotten the locks it held. The holder took the lock on
+/// A and B while C was down; then C comes back empty and B restarts empty.
+/// B and C would now grant the lock to anyone, but their votes must not
+/// count until the longest TTL has passed since they (re)started, so a
+/// second owner gets nothing while the holder still believes it holds the
+/// lock; after the quarantine, service is normal again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_master_does_not_vote_until_the_longest_ttl_has_passed() {
+    let mut masters = Masters::start(3);
+    masters[2].kill();
+    let urls = masters.urls();
+    let p = prefix();
+    let holder = Redlock::new(config(urls.clone(), &p)).await.unwrap();
+    let second = Redlock::new(config(urls.clone(), &p)).await.unwrap();
+    assert_eq!(holder.warm_up(Duration::from_secs(3)).await, 2);
+    assert_eq!(second.warm_up(Duration::from_secs(3)).await, 2);
+    let ttl = Duration::from_secs(3);
+    // The second instance has used this TTL before, so it knows it is in use.
+    let warm = second.acquire("warm", ttl).await.unwrap();
+    second.release(warm).await.unwrap();
+
+    let (acquired_tx, acquired_rx) = tokio::sync::oneshot::channel();
+    let h = holder.clone();
+    let holding = tokio::spawn(async move {
+        h.with_lock("res", ttl, |guard| async move {
+            let _ = acquired_tx.send(guard.clone());
+            // Holds until told the lock is lost (or well past the TTL).
+            tokio::select! {
+                _ = guard.lost().cancelled() => true,
+                _ = tokio::time::sleep(ttl * 3) => false,
+            }
+        })
+        .await
+    });
+    let guard = acquired_rx.await.expect("holder acquired");
+    let restarted = std::time::Instant::now();
+    masters[2].restart();
+    masters[1].restart();
+
+    let deadline = restarted + ttl * 3;
+    let got = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service did not resume after the quarantine"
+        );
+        match second.acquire("res", ttl).await {
+            Ok(lock) => break lock,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert!(
+        guard.is_lost() || guard.remaining_validity().is_zero(),
+        "a second owner got the lock {:?} after the restarts while the holder still held it ({:?} validity left)",
+        restarted.elapsed(),
+        guard.remaining_validity()
+    );
+    assert!(
+        restarted.elapsed() >= ttl - Duration::from_millis(500),
+        "granted after {:?}, before the quarantine ended",
+        restarted.elapsed()
+    );
+    assert!(
+        holding.await.unwrap().unwrap(),
+        "holder was told it lost the lock"
+    );
+    second.release(got).await.unwrap();
+}
+
+/// Issue 13.10: `localhost` and `127.0.0.1` are one server. The URLs differ,
+/// so only the server's run_id tells; the error names both entries without
+/// their password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_under_two_names_is_refused_by_run_id() {
+    let srv = crate::redis_procs::RedisProc::start_with(&["--requirepass", "s3cr3t"]);
+    let other = crate::redis_procs::RedisProc::start();
+    let p = prefix();
+    let twice = vec![
+        format!("redis://:s3cr3t@localhost:{}", srv.port),
+        other.url(),
+        format!("redis://:s3cr3t@127.0.0.1:{}", srv.port),
+    ];
+    let rl = Redlock::new(config(twice, &p)).await.unwrap();
+    let e = rl.check_distinct(Duration::from_secs(3)).await.unwrap_err();
+    assert!(
+        matches!(e, herald::lock::LockConfigError::SameServer { .. }),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("localhost:{}", srv.port))
+            && msg.contains(&format!("127.0.0.1:{}", srv.port)),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cr3t"), "{msg}");
+    // Distinct servers pass.
+    let fine = Redlock::new(config(
+        vec![
+            format!("redis://:s3cr3t@127.0.0.1:{}", srv.port),
+            other.url(),
+        ],
+        &p,
+    ))
+    .await
+    .unwrap();
+    fine.check_distinct(Duration::from_secs(3)).await.unwrap();
+}
