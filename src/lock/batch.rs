@@ -32,6 +32,8 @@ pub struct BatchLock {
     granted_set: HashSet<String>,
     valid_until: Instant,
     inflight: Option<Arc<InFlight>>,
+    /// See [`Grants::holder`]: late grants wait for this to go.
+    holder: Arc<()>,
 }
 
 impl BatchLock {
@@ -148,16 +150,19 @@ impl Redlock {
                     granted_set: HashSet::new(),
                     valid_until: start + (ttl - drift),
                     inflight: None,
+                    holder: Arc::new(()),
                 });
             }
             let full: Vec<String> = keys.iter().map(|k| inner.full_key(k)).collect();
             let inflight = InFlight::new(inner.masters.len());
             let mut guard =
                 ReleaseOnDrop::new(inner.clone(), full.clone(), token, Some(inflight.clone()));
+            // Dropped on failure: late grants are then undone on arrival.
+            let holder = Arc::new(());
             let grants = Grants {
                 keys: full.iter().map(|k| Arc::from(k.as_str())).collect(),
                 token,
-                holder: None,
+                holder: Some(Arc::downgrade(&holder)),
             };
             let px = ttl_ms(ttl);
             let round = {
@@ -222,6 +227,7 @@ impl Redlock {
                 granted,
                 valid_until,
                 inflight: Some(inflight),
+                holder,
             })
         }
         .instrument(span)
@@ -232,6 +238,8 @@ impl Redlock {
     pub async fn release_many(&self, batch: BatchLock) -> Result<(), LockError> {
         let span = debug_span!("lock.release_many", keys = batch.granted.len());
         let budget = self.inner.budget(batch.ttl);
+        // From here on, a late grant is nobody's and gets undone.
+        drop(batch.holder);
         let keys = batch
             .granted
             .iter()

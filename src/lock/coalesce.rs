@@ -22,13 +22,13 @@
 //! is no longer there is deleted again at once, owner-only with its token.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use redis::{RedisError, RedisResult};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::master::{checkout, release_late, Manager, LATE_WATCH};
+use super::master::{checkout, is_held, release_late, Conn, Manager, LATE_WATCH};
 use super::scripts::{release_each, set_nx_px};
 use super::token::Token;
 
@@ -43,6 +43,9 @@ pub(crate) enum Op {
         key: Arc<str>,
         token: Token,
         ttl_ms: u64,
+        /// Alive while the lock this `SET` belongs to is held (see
+        /// [`super::master::Grants::holder`]); `None`: never held.
+        holder: Option<Weak<()>>,
     },
     /// Owner-only delete; answers whether the key was ours and is gone.
     Release { key: Arc<str>, token: Token },
@@ -116,7 +119,19 @@ async fn run(pool: bb8::Pool<Manager>, mut queue: mpsc::UnboundedReceiver<Reques
             .unwrap_or_else(Instant::now);
         let ops: Arc<[Op]> = batch.iter().map(|r| r.op.clone()).collect();
         let replies: Vec<_> = batch.drain(..).map(|r| r.reply).collect();
-        let mut answers = Box::pin(send(pool.clone(), ops.clone()));
+        // Only a request on the wire is watched past its deadline: one still
+        // waiting for a connection is dropped, or it would be sent late.
+        let conn = match tokio::time::timeout_at(deadline, checkout(&pool)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                for r in replies {
+                    let _ = r.send(Err(clone_error(&e)));
+                }
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut answers = Box::pin(send(conn, ops.clone()));
         match tokio::time::timeout_at(deadline, &mut answers).await {
             Ok(Ok(answers)) => {
                 let mut late = Vec::new();
@@ -153,25 +168,30 @@ async fn run(pool: bb8::Pool<Manager>, mut queue: mpsc::UnboundedReceiver<Reques
     }
 }
 
-/// The key and token a granted `op` created, if it is a `SET`.
+/// The key and token a granted `op` created, if it is a `SET` whose lock
+/// nobody holds: a late grant to a lock still held is part of that lock and
+/// goes with its release.
 fn granted_set(op: &Op) -> Option<(Arc<str>, Token)> {
     match op {
-        Op::Set { key, token, .. } => Some((key.clone(), *token)),
-        Op::Release { .. } => None,
+        Op::Set {
+            key, token, holder, ..
+        } if !is_held(holder.as_ref()) => Some((key.clone(), *token)),
+        Op::Set { .. } | Op::Release { .. } => None,
     }
 }
 
 /// Sends the batch's SETs as one pipeline and its releases as one chunked
 /// Lua call, concurrently on one connection; answers in request order.
-async fn send(pool: bb8::Pool<Manager>, batch: Arc<[Op]>) -> RedisResult<Vec<bool>> {
-    let conn = checkout(&pool).await?;
+async fn send(conn: Conn, batch: Arc<[Op]>) -> RedisResult<Vec<bool>> {
     let broken = conn.broken.clone();
     let mut sets = redis::pipe();
     let mut rel_keys: Vec<&str> = Vec::new();
     let mut rel_tokens: Vec<&[u8]> = Vec::new();
     for op in batch.iter() {
         match op {
-            Op::Set { key, token, ttl_ms } => set_nx_px(&mut sets, key, token, *ttl_ms),
+            Op::Set {
+                key, token, ttl_ms, ..
+            } => set_nx_px(&mut sets, key, token, *ttl_ms),
             Op::Release { key, token } => {
                 rel_keys.push(key);
                 rel_tokens.push(&token.as_bytes()[..]);

@@ -39,12 +39,14 @@ pub struct LockConfig {
     /// web roots (managed Redis with a private CA, and tests).
     pub tls_root_ca: Option<Vec<u8>>,
     /// The longest TTL any client of these masters uses. A master that
-    /// restarted less than this ago (or, at first sight, has been up for
-    /// less) may have forgotten a lock someone still holds, so its votes do
-    /// not count until then. This `Redlock` also counts the largest TTL it
-    /// has requested itself; set this when other processes lock the same
-    /// keys with longer TTLs, or so that a freshly started process is safe
-    /// from its first lock on. Zero: only the TTLs requested here count.
+    /// restarted less than this ago may have forgotten a lock someone still
+    /// holds, so its votes do not count until then. A restart is seen as a
+    /// changed `run_id`, and for that the largest TTL this `Redlock` has
+    /// requested counts too. A master seen for the first time with an
+    /// uptime below *this setting* is also kept out; zero (the default)
+    /// trusts masters at first sight, since a freshly started server looks
+    /// just like a restarted one. Set it when other processes use longer
+    /// TTLs, or to be safe from a process's first lock on.
     pub longest_ttl: Duration,
 }
 

@@ -107,11 +107,17 @@ const LATE_RELEASE_BUDGET: Duration = Duration::from_secs(2);
 pub(crate) struct Grants {
     pub(crate) keys: Arc<[Arc<str>]>,
     pub(crate) token: Token,
-    /// `None`: a late grant is always deleted (an acquire: its caller never
-    /// counted this master's vote). `Some`: only once this holder is gone
-    /// (an extend: the key under this token is still the holder's lock, and
-    /// deleting it behind a live holder's back would be unsafe).
+    /// Alive while the lock these keys belong to is held: a late grant is
+    /// deleted only once the holder is gone (the acquire failed, or the lock
+    /// was released or dropped). Deleting a held lock's key behind its back
+    /// would be unsafe for an extend (same token, the key *is* the lock) and
+    /// would needlessly thin out an acquired lock. `None`: nobody holds it.
     pub(crate) holder: Option<Weak<()>>,
+}
+
+/// Whether the lock a grant belongs to is still held (see [`Grants::holder`]).
+pub(crate) fn is_held(holder: Option<&Weak<()>>) -> bool {
+    holder.is_some_and(|h| h.strong_count() > 0)
 }
 
 /// Deletes late grants (owner-only, each with its own token) on the master
@@ -157,7 +163,7 @@ impl<Fut: Future<Output = Result<Vec<bool>, RedisError>> + Send + 'static> Drop 
             let Ok(Ok(flags)) = tokio::time::timeout(LATE_WATCH, work).await else {
                 return;
             };
-            if grants.holder.as_ref().is_some_and(|h| h.strong_count() > 0) {
+            if is_held(grants.holder.as_ref()) {
                 return;
             }
             let late = grants

@@ -41,12 +41,12 @@
 //! holder's lock).
 //!
 //! A master that restarts without persistence forgets the locks it held. A
-//! master seen with a new `run_id`, or at first sight with an uptime below
-//! the longest TTL in use, does not count towards any quorum until that TTL
-//! has passed since it started. "Longest TTL in use" is the larger of
+//! master seen with a new `run_id` does not count towards any quorum until
+//! the longest TTL in use has passed since it started: the larger of
 //! [`LockConfig::longest_ttl`] and the largest TTL this `Redlock` has
-//! requested; only the setting covers other processes' longer TTLs, and a
-//! process's very first locks (see `restart`).
+//! requested. At first sight only the setting applies (a fresh server looks
+//! like a restarted one), so only it covers restarts before this process
+//! first reached a master, and other processes' longer TTLs (see `restart`).
 //!
 //! Two entries that reach one server (`localhost` and `127.0.0.1`) would
 //! vote twice; [`config::same_master`] is the one rule for URLs, and

@@ -4,15 +4,21 @@
 //! If it then voted at once, a second owner could gather a majority while the
 //! first still holds the lock on the masters that kept it (the classic
 //! Redlock warning). Every new connection therefore asks the master for its
-//! `run_id` and `uptime_in_seconds` (`INFO server`). A master seen for the
-//! first time, or with a `run_id` other than the one we knew, restarted
-//! `uptime` ago; until the longest TTL in use has passed since then, its
-//! "yes" does not count towards a quorum. Requests are still sent to it (its
-//! keys stay in step, releases still reach it).
+//! `run_id` and `uptime_in_seconds` (`INFO server`). A master whose `run_id`
+//! changed restarted `uptime` ago; until the longest TTL in use has passed
+//! since then, its "yes" does not count towards a quorum. Requests are still
+//! sent to it (its keys stay in step, releases still reach it).
 //!
 //! "Longest TTL in use" is the larger of [`LockConfig::longest_ttl`]
 //! (what every client of these masters may use; only a setting can know
 //! other processes' TTLs) and the largest TTL this `Redlock` has requested.
+//!
+//! A master seen for the first time cannot be told apart from one that just
+//! restarted except by its uptime, and a freshly started server (a new
+//! deployment, every test) looks exactly like that. So at first sight only
+//! the *configured* `longest_ttl` applies: zero by default, which trusts
+//! masters on first sight; set it to be safe also against restarts that
+//! happened before this process first reached the master.
 //!
 //! [`LockConfig::longest_ttl`]: super::LockConfig::longest_ttl
 
@@ -26,12 +32,16 @@ use tracing::{debug, warn};
 /// The longest TTL in use, shared by every master of one `Redlock`.
 #[derive(Debug, Default)]
 pub(crate) struct LongestTtl {
+    configured: Duration,
     ms: AtomicU64,
 }
 
 impl LongestTtl {
     pub(crate) fn new(configured: Duration) -> Arc<Self> {
-        let s = Self::default();
+        let s = Self {
+            configured,
+            ms: AtomicU64::new(0),
+        };
         s.note(configured);
         Arc::new(s)
     }
@@ -111,7 +121,10 @@ impl Identity {
         if known.as_deref() == Some(run_id) {
             return;
         }
-        let longest = self.longest.get();
+        let longest = match *known {
+            None => self.longest.configured,
+            Some(_) => self.longest.get(),
+        };
         if uptime < longest {
             let left = longest - uptime;
             let until = self
@@ -152,9 +165,9 @@ mod tests {
         assert_eq!(parse_info(info), Some(("abc", Duration::from_secs(3))));
         let longest = LongestTtl::new(Duration::ZERO);
         let id = Identity::new("m".into(), longest.clone());
-        id.observe("abc", Duration::from_secs(3));
-        assert!(!id.is_quarantined(), "no TTL in use yet");
         longest.note(Duration::from_secs(10));
+        id.observe("abc", Duration::from_secs(3));
+        assert!(!id.is_quarantined(), "first sight: only the setting counts");
         id.observe("abc", Duration::from_secs(4));
         assert!(!id.is_quarantined(), "same process");
         id.observe("def", Duration::from_secs(20));
@@ -162,5 +175,8 @@ mod tests {
         id.observe("ghi", Duration::from_secs(1));
         assert!(id.is_quarantined());
         assert_eq!(id.run_id().as_deref(), Some("ghi"));
+        let configured = Identity::new("m".into(), LongestTtl::new(Duration::from_secs(10)));
+        configured.observe("abc", Duration::from_secs(3));
+        assert!(configured.is_quarantined(), "first sight, young server");
     }
 }

@@ -250,10 +250,13 @@ impl Redlock {
                 Some(inflight.clone()),
             );
             let start = Instant::now();
+            // Dropped on failure: late grants are then undone on arrival.
+            let holder = Arc::new(());
             let op = Op::Set {
                 key: Arc::from(full_key.as_str()),
                 token,
                 ttl_ms: ttl_ms(ttl),
+                holder: Some(Arc::downgrade(&holder)),
             };
             let round = fan_out_op(inner, inner.budget(ttl), Some(&inflight), None, op);
             let t = tally(inner, round, Stop::Decided, |b| *b).await;
@@ -275,7 +278,7 @@ impl Redlock {
                     ttl,
                     valid_until,
                     inflight: Some(inflight),
-                    holder: Arc::new(()),
+                    holder,
                 });
             }
             if t.no == inner.masters.len() {

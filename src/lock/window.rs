@@ -43,6 +43,7 @@ impl Redlock {
                     key: Arc::from(full.as_str()),
                     token,
                     ttl_ms: ttl_ms(window),
+                    holder: None,
                 };
                 let inflight = InFlight::new(inner.masters.len());
                 let round = fan_out_op(inner, budget, Some(&inflight), None, op);

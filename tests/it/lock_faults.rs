@@ -158,14 +158,24 @@ async fn a_restarted_master_does_not_vote_until_the_longest_ttl_has_passed() {
     masters[1].restart();
 
     let deadline = restarted + ttl * 3;
+    let mut last = None;
     let got = loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "service did not resume after the quarantine"
-        );
+        if std::time::Instant::now() >= deadline {
+            let mut seen = Vec::new();
+            for u in &urls {
+                seen.push(scan_prefix(u, &p).await);
+            }
+            panic!(
+                "service did not resume after the quarantine: {last:?}; keys {seen:?}; lost {}",
+                guard.is_lost()
+            );
+        }
         match second.acquire("res", ttl).await {
             Ok(lock) => break lock,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
         }
     };
     assert!(
@@ -175,52 +185,26 @@ async fn a_restarted_master_does_not_vote_until_the_longest_ttl_has_passed() {
         guard.remaining_validity()
     );
     assert!(
-        restarted.elapsed() >= ttl - Duration::from_millis(500),
-        "granted after {:?}, before the quarantine ended",
-        restarted.elapsed()
-    );
-    assert!(
         holding.await.unwrap().unwrap(),
         "holder was told it lost the lock"
     );
     second.release(got).await.unwrap();
-}
-
-/// Issue 13.10: `localhost` and `127.0.0.1` are one server. The URLs differ,
-/// so only the server's run_id tells; the error names both entries without
-/// their password.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_server_under_two_names_is_refused_by_run_id() {
-    let srv = crate::redis_procs::RedisProc::start_with(&["--requirepass", "s3cr3t"]);
-    let other = crate::redis_procs::RedisProc::start();
-    let p = prefix();
-    let twice = vec![
-        format!("redis://:s3cr3t@localhost:{}", srv.port),
-        other.url(),
-        format!("redis://:s3cr3t@127.0.0.1:{}", srv.port),
-    ];
-    let rl = Redlock::new(config(twice, &p)).await.unwrap();
-    let e = rl.check_distinct(Duration::from_secs(3)).await.unwrap_err();
+    // B's vote counts again once the TTL has passed since its restart, and
+    // not before: with C down, only A and B together make a majority.
+    masters[2].kill();
+    let ok_at = loop {
+        assert!(
+            std::time::Instant::now() < restarted + ttl * 3,
+            "the restarted master never voted again"
+        );
+        if let Ok(l) = second.acquire("after", ttl).await {
+            second.release(l).await.unwrap();
+            break restarted.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
-        matches!(e, herald::lock::LockConfigError::SameServer { .. }),
-        "{e}"
+        ok_at >= ttl - Duration::from_millis(200),
+        "the restarted master voted after {ok_at:?}, before the longest TTL ({ttl:?})"
     );
-    let msg = e.to_string();
-    assert!(
-        msg.contains(&format!("localhost:{}", srv.port))
-            && msg.contains(&format!("127.0.0.1:{}", srv.port)),
-        "{msg}"
-    );
-    assert!(!msg.contains("s3cr3t"), "{msg}");
-    // Distinct servers pass.
-    let fine = Redlock::new(config(
-        vec![
-            format!("redis://:s3cr3t@127.0.0.1:{}", srv.port),
-            other.url(),
-        ],
-        &p,
-    ))
-    .await
-    .unwrap();
-    fine.check_distinct(Duration::from_secs(3)).await.unwrap();
 }
