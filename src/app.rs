@@ -23,11 +23,7 @@ pub struct App {
 /// Lock settings shared by every part of Herald that locks.
 pub fn lock_config(settings: &Settings) -> LockConfig {
     LockConfig {
-        masters: settings
-            .redis_urls
-            .iter()
-            .map(|u| u.expose().to_owned())
-            .collect(),
+        masters: settings.redis_urls.clone(),
         key_prefix: settings.key_prefix.clone(),
         master_timeout: settings.lock_master_timeout,
         ..LockConfig::default()

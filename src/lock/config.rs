@@ -11,8 +11,8 @@ use crate::secret::SecretUrl;
 #[derive(Clone)]
 pub struct LockConfig {
     /// `redis://` or `rediss://` URLs of independent masters; `user:password@`
-    /// (ACL) allowed. Never printed unredacted.
-    pub masters: Vec<String>,
+    /// (ACL) allowed. Typed, so a password is never printed.
+    pub masters: Vec<SecretUrl>,
     /// Prepended to every key given to the API, so several applications (and
     /// tests) can share masters without colliding.
     pub key_prefix: String,
@@ -68,7 +68,7 @@ impl Default for LockConfig {
 
 impl LockConfig {
     /// Defaults with the given masters.
-    pub fn new(masters: Vec<String>) -> Self {
+    pub fn new(masters: Vec<SecretUrl>) -> Self {
         Self {
             masters,
             ..Self::default()
@@ -77,7 +77,7 @@ impl LockConfig {
 
     /// Checks everything that can be checked without connecting.
     pub fn validate(&self) -> Result<(), LockConfigError> {
-        self.parsed_masters().map(|_| ())?;
+        self.check_masters()?;
         let invalid = |setting, reason| Err(LockConfigError::Invalid { setting, reason });
         if self.master_timeout.is_zero() {
             return invalid("master_timeout", "must be greater than zero");
@@ -91,7 +91,9 @@ impl LockConfig {
         Ok(())
     }
 
-    pub(crate) fn parsed_masters(&self) -> Result<Vec<SecretUrl>, LockConfigError> {
+    /// Checks the master list: a count the quorum arithmetic supports,
+    /// Redis schemes, URLs the client accepts, no master twice.
+    fn check_masters(&self) -> Result<(), LockConfigError> {
         if self.masters.is_empty() {
             return Err(LockConfigError::NoMasters);
         }
@@ -102,10 +104,7 @@ impl LockConfig {
             });
         }
         let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(self.masters.len());
-        for (index, raw) in self.masters.iter().enumerate() {
-            let url = SecretUrl::parse(raw)
-                .map_err(|reason| LockConfigError::InvalidUrl { index, reason })?;
+        for (index, url) in self.masters.iter().enumerate() {
             if !matches!(url.scheme(), "redis" | "rediss") {
                 return Err(LockConfigError::InvalidUrl {
                     index,
@@ -119,14 +118,13 @@ impl LockConfig {
                 });
             }
             // Same server reached twice would count twice towards the quorum.
-            if !seen.insert(master_identity(&url)) {
+            if !seen.insert(master_identity(url)) {
                 return Err(LockConfigError::Duplicate {
                     url: url.redacted(),
                 });
             }
-            out.push(url);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -151,15 +149,8 @@ fn master_identity(url: &SecretUrl) -> (String, u16, u32) {
 
 impl fmt::Debug for LockConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let masters: Vec<String> = self
-            .masters
-            .iter()
-            .map(|m| {
-                SecretUrl::parse(m).map_or_else(|_| "<invalid url>".to_owned(), |u| u.redacted())
-            })
-            .collect();
         f.debug_struct("LockConfig")
-            .field("masters", &masters)
+            .field("masters", &self.masters)
             .field("key_prefix", &self.key_prefix)
             .field("master_timeout", &self.master_timeout)
             .field("pool_size", &self.pool_size)
@@ -182,21 +173,25 @@ pub fn drift(ttl: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    fn urls(raw: &[&str]) -> Vec<SecretUrl> {
+        raw.iter().map(|u| SecretUrl::parse(u).unwrap()).collect()
+    }
+
     #[test]
     fn validation_names_the_problem_and_hides_passwords() {
         assert_eq!(
             LockConfig::default().validate(),
             Err(LockConfigError::NoMasters)
         );
-        let dup = LockConfig::new(vec![
-            "redis://u:hunter2@127.0.0.1:7000".into(),
-            "redis://u:hunter2@127.0.0.1:7000/".into(),
-        ]);
+        let dup = LockConfig::new(urls(&[
+            "redis://u:hunter2@127.0.0.1:7000",
+            "redis://u:hunter2@127.0.0.1:7000/",
+        ]));
         let e = dup.validate().unwrap_err();
         assert!(matches!(e, LockConfigError::Duplicate { .. }), "{e}");
         assert!(!e.to_string().contains("hunter2"));
         assert!(!format!("{dup:?}").contains("hunter2"));
-        let bad = LockConfig::new(vec!["http://127.0.0.1:7000".into()]);
+        let bad = LockConfig::new(urls(&["http://127.0.0.1:7000"]));
         assert!(matches!(
             bad.validate(),
             Err(LockConfigError::InvalidUrl { index: 0, .. })
@@ -208,16 +203,16 @@ mod tests {
         assert!(same("redis://H", "rediss://u:pw@h:6379/"));
         assert!(!same("redis://h", "redis://h/1"));
         assert!(!same("redis://h", "redis://h:6380"));
-        let zero = LockConfig::new(vec!["redis://h:6379".into(), "redis://h/0".into()]);
+        let zero = LockConfig::new(urls(&["redis://h:6379", "redis://h/0"]));
         assert!(matches!(
             zero.validate(),
             Err(LockConfigError::Duplicate { .. })
         ));
-        let ok = LockConfig::new(vec![
-            "redis://127.0.0.1:7000".into(),
-            "rediss://user:pw@127.0.0.1:7001".into(),
-            "redis://127.0.0.1:7000/1".into(),
-        ]);
+        let ok = LockConfig::new(urls(&[
+            "redis://127.0.0.1:7000",
+            "rediss://user:pw@127.0.0.1:7001",
+            "redis://127.0.0.1:7000/1",
+        ]));
         ok.validate().unwrap();
     }
 

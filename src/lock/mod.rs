@@ -24,7 +24,10 @@
 //!   its uptime) and keeps its votes out of quorums for the longest TTL.
 //! * `scripts` — the `SET NX PX` command and owner-only release/extend in Lua
 //!   (EVALSHA, NOSCRIPT fallback).
-//! * [`config`], [`error`], [`metrics`], [`token`], [`mod@bench`].
+//! * [`config`], [`error`], [`metrics`], [`token`].
+//!
+//! The lock imports nothing from the rest of Herald except
+//! [`crate::secret::SecretUrl`]; its benchmark lives in `bench::locks`.
 //!
 //! # The algorithm, and where it bends
 //!
@@ -57,13 +60,15 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use herald::lock::{LockConfig, LockError, Redlock};
+//! use herald::secret::SecretUrl;
 //!
 //! # async fn demo() -> Result<(), LockError> {
+//! let url = |u: &str| SecretUrl::parse(u).expect("valid URL");
 //! let locks = Redlock::new(LockConfig {
 //!     masters: vec![
-//!         "redis://10.0.0.1:6379".into(),
-//!         "redis://10.0.0.2:6379".into(),
-//!         "rediss://herald:secret@10.0.0.3:6380".into(),
+//!         url("redis://10.0.0.1:6379"),
+//!         url("redis://10.0.0.2:6379"),
+//!         url("rediss://herald:secret@10.0.0.3:6380"),
 //!     ],
 //!     key_prefix: "herald:".into(),
 //!     ..LockConfig::default()
@@ -97,7 +102,6 @@
 //! ```
 
 mod batch;
-pub mod bench;
 mod breaker;
 mod coalesce;
 pub mod config;
@@ -160,7 +164,7 @@ impl Redlock {
     /// connection, so a master that is down at start-up is not an error.
     pub async fn new(cfg: LockConfig) -> Result<Redlock, LockError> {
         cfg.validate()?;
-        let urls = cfg.parsed_masters()?;
+        let urls = &cfg.masters;
         let longest = LongestTtl::new(cfg.longest_ttl);
         let mut masters = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {

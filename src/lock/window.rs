@@ -38,18 +38,27 @@ impl Redlock {
                 + (window / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
             let budget = inner.budget(window);
             let mut backoff = Duration::from_millis(2);
+            // Every attempt uses the same token, so a late grant of one must
+            // not be undone while a later one may count (see `Op::Set`).
+            let holder = Arc::new(());
             loop {
                 let op = Op::Set {
                     key: Arc::from(full.as_str()),
                     token,
                     ttl_ms: ttl_ms(window),
-                    holder: None,
+                    holder: Some(Arc::downgrade(&holder)),
                 };
                 let inflight = InFlight::new(inner.masters.len());
                 let round = fan_out_op(inner, budget, Some(&inflight), None, op);
                 let t = tally(inner, round, Stop::Decided, |b| *b).await;
                 if t.yes >= inner.quorum {
                     debug!("won the window");
+                    // The key is ours for the window: a late grant of an
+                    // earlier attempt (same token) must not delete it.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(window).await;
+                        drop(holder);
+                    });
                     return Ok(true);
                 }
                 // Undo our partial grants before looking, so they cannot block a winner.

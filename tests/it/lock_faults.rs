@@ -14,7 +14,10 @@ fn prefix() -> String {
 
 fn config(urls: Vec<String>, prefix: &str) -> LockConfig {
     LockConfig {
-        masters: urls,
+        masters: urls
+            .iter()
+            .map(|u| herald::secret::SecretUrl::parse(u).unwrap())
+            .collect(),
         key_prefix: prefix.to_owned(),
         master_timeout: Duration::from_millis(50),
         pool_size: 1,
