@@ -16,6 +16,7 @@ use futures::StreamExt;
 use tracing::{debug, debug_span, warn, Instrument};
 
 use super::error::{FailureKind, LockError, MasterFailure};
+use super::held::Held;
 use super::master::Grants;
 use super::metrics::inc;
 use super::round::{fan_out_granting, finish_in_background, InFlight, Round};
@@ -25,22 +26,22 @@ use super::token::Token;
 use super::{ttl_ms, Inner, Redlock};
 
 /// The keys of one [`Redlock::acquire_many`] call that a majority granted.
+/// Token, TTL and validity (shared by every granted key) come from
+/// [`Held`], which it derefs to.
 pub struct BatchLock {
-    token: Token,
-    ttl: Duration,
     granted: Vec<String>,
     granted_set: HashSet<String>,
-    valid_until: Instant,
-    inflight: Option<Arc<InFlight>>,
-    /// See [`Grants::holder`]: late grants wait for this to go.
-    holder: Arc<()>,
+    held: Held,
+}
+
+impl std::ops::Deref for BatchLock {
+    type Target = Held;
+    fn deref(&self) -> &Held {
+        &self.held
+    }
 }
 
 impl BatchLock {
-    pub fn token(&self) -> &Token {
-        &self.token
-    }
-
     /// Granted keys as passed in (without prefix), in the order given.
     pub fn granted(&self) -> &[String] {
         &self.granted
@@ -56,19 +57,6 @@ impl BatchLock {
 
     pub fn is_empty(&self) -> bool {
         self.granted.is_empty()
-    }
-
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// Validity shared by every granted key (monotonic clock, drift deducted).
-    pub fn remaining_validity(&self) -> Duration {
-        self.valid_until.saturating_duration_since(Instant::now())
-    }
-
-    pub fn valid_until(&self) -> Instant {
-        self.valid_until
     }
 }
 
@@ -144,13 +132,9 @@ impl Redlock {
             let start = Instant::now();
             if keys.is_empty() {
                 return Ok(BatchLock {
-                    token,
-                    ttl,
                     granted: Vec::new(),
                     granted_set: HashSet::new(),
-                    valid_until: start + (ttl - drift),
-                    inflight: None,
-                    holder: Arc::new(()),
+                    held: Held::new(token, ttl, start + (ttl - drift), None, Arc::new(())),
                 });
             }
             let full: Vec<String> = keys.iter().map(|k| inner.full_key(k)).collect();
@@ -221,13 +205,9 @@ impl Redlock {
                 .fetch_add(granted.len() as u64, std::sync::atomic::Ordering::Relaxed);
             debug!(granted = granted.len(), "batch acquired");
             Ok(BatchLock {
-                token,
-                ttl,
                 granted_set: granted.iter().cloned().collect(),
                 granted,
-                valid_until,
-                inflight: Some(inflight),
-                holder,
+                held: Held::new(token, ttl, valid_until, Some(inflight), holder),
             })
         }
         .instrument(span)
@@ -237,16 +217,16 @@ impl Redlock {
     /// Releases every granted key: one pipeline per master.
     pub async fn release_many(&self, batch: BatchLock) -> Result<(), LockError> {
         let span = debug_span!("lock.release_many", keys = batch.granted.len());
-        let budget = self.inner.budget(batch.ttl);
+        let budget = self.inner.budget(batch.held.ttl);
         // From here on, a late grant is nobody's and gets undone.
-        drop(batch.holder);
+        drop(batch.held.holder);
         let keys = batch
             .granted
             .iter()
             .map(|k| self.inner.full_key(k))
             .collect();
         self.inner
-            .release_keys_now(keys, batch.token, budget, batch.inflight.as_ref())
+            .release_keys_now(keys, batch.held.token, budget, batch.held.inflight.as_ref())
             .instrument(span)
             .await
     }

@@ -10,6 +10,8 @@
 //! * [`Redlock`] (this file) — the handle; cheap to clone.
 //! * `single` — acquire, extend and release of one key.
 //! * `batch` — many keys in one pipelined round trip per master with one token.
+//! * `held` — [`Held`]: token, TTL and validity, shared by [`Lock`] and
+//!   [`BatchLock`].
 //! * `watchdog` — [`Redlock::with_lock`]: renews while the work runs and tells
 //!   the work when the lock is lost.
 //! * `window` — [`Redlock::once_per_window`] and the health [`Redlock::probe`].
@@ -106,6 +108,7 @@ mod breaker;
 mod coalesce;
 pub mod config;
 pub mod error;
+mod held;
 mod master;
 pub mod metrics;
 mod restart;
@@ -123,6 +126,7 @@ use std::time::Duration;
 pub use batch::BatchLock;
 pub use config::{drift, LockConfig};
 pub use error::{FailureKind, LockConfigError, LockError, MasterFailure};
+pub use held::Held;
 pub use metrics::{LockMetrics, LockMetricsSnapshot, MasterMetrics, MasterMetricsSnapshot};
 pub use single::Lock;
 pub use token::Token;

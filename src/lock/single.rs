@@ -8,6 +8,7 @@ use tracing::{debug, debug_span, warn, Instrument};
 
 use super::coalesce::Op;
 use super::error::{FailureKind, LockError};
+use super::held::Held;
 use super::master::Grants;
 use super::metrics::inc;
 use super::round::{
@@ -20,16 +21,11 @@ use super::{ttl_ms, Inner, Redlock};
 
 /// A lock held on a majority of masters. Dropping it does not release it (it
 /// expires after its TTL); call [`Redlock::release`].
+/// Token, TTL and validity come from [`Held`], which it derefs to.
 pub struct Lock {
     pub(crate) key: String,
     pub(crate) full_key: String,
-    pub(crate) token: Token,
-    pub(crate) ttl: Duration,
-    pub(crate) valid_until: Instant,
-    pub(crate) inflight: Option<Arc<InFlight>>,
-    /// Alive while someone holds this lock: an extend answered after its
-    /// caller gave up is undone only once the holder is gone.
-    pub(crate) holder: Arc<()>,
+    pub(crate) held: Held,
 }
 
 impl Lock {
@@ -37,23 +33,12 @@ impl Lock {
     pub fn key(&self) -> &str {
         &self.key
     }
+}
 
-    pub fn token(&self) -> &Token {
-        &self.token
-    }
-
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// How long the lock is still certainly ours (monotonic clock, drift
-    /// already deducted). Zero once expired.
-    pub fn remaining_validity(&self) -> Duration {
-        self.valid_until.saturating_duration_since(Instant::now())
-    }
-
-    pub fn valid_until(&self) -> Instant {
-        self.valid_until
+impl std::ops::Deref for Lock {
+    type Target = Held;
+    fn deref(&self) -> &Held {
+        &self.held
     }
 }
 
@@ -274,11 +259,7 @@ impl Redlock {
                 return Ok(Lock {
                     key: key.to_owned(),
                     full_key,
-                    token,
-                    ttl,
-                    valid_until,
-                    inflight: Some(inflight),
-                    holder,
+                    held: Held::new(token, ttl, valid_until, Some(inflight), holder),
                 });
             }
             if t.no == inner.masters.len() {
@@ -318,15 +299,15 @@ impl Redlock {
                     lock.token,
                     ttl,
                     inner.budget(ttl).min(remaining),
-                    Arc::downgrade(&lock.holder),
+                    Arc::downgrade(&lock.held.holder),
                 );
                 let t = tally(inner, round, Stop::Decided, |v: &Vec<bool>| {
                     v.first() == Some(&true)
                 })
                 .await;
                 if t.yes >= inner.quorum {
-                    lock.valid_until = start + (ttl - drift);
-                    lock.ttl = ttl;
+                    lock.held.valid_until = start + (ttl - drift);
+                    lock.held.ttl = ttl;
                     inc(&inner.metrics.extended);
                     return Ok(());
                 }
@@ -355,13 +336,13 @@ impl Redlock {
         let span = debug_span!("lock.release", key = lock.key.as_str());
         let budget = self.inner.budget(lock.ttl);
         // From here on, a late extend grant is nobody's and gets undone.
-        drop(lock.holder);
+        drop(lock.held.holder);
         self.inner
             .release_keys_now(
                 vec![lock.full_key],
-                lock.token,
+                lock.held.token,
                 budget,
-                lock.inflight.as_ref(),
+                lock.held.inflight.as_ref(),
             )
             .instrument(span)
             .await
