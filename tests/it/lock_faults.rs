@@ -211,3 +211,35 @@ async fn a_restarted_master_does_not_vote_until_the_longest_ttl_has_passed() {
         "the restarted master voted after {ok_at:?}, before the longest TTL ({ttl:?})"
     );
 }
+
+/// Issue 13.10, end to end: a worker given one server under two names exits
+/// 2 (a settings error), naming both entries and no password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_given_one_server_twice_exits_2() {
+    let db = crate::helpers::TestDb::new().await;
+    let srv = crate::redis_procs::RedisProc::start_with(&["--requirepass", "s3cr3t"]);
+    let urls = format!(
+        "redis://:s3cr3t@localhost:{0},redis://:s3cr3t@127.0.0.1:{0}",
+        srv.port
+    );
+    let mut cmd = crate::helpers::herald(Some(&db));
+    cmd.arg("worker")
+        .env("HERALD_REDIS_URLS", urls)
+        .env("HERALD_KEY_PREFIX", prefix());
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the worker started instead of refusing one server listed twice");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = crate::helpers::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("same Redis server"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+}
