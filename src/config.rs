@@ -178,7 +178,10 @@ impl GlobalArgs {
                     url.scheme()
                 )));
             }
-            if redis_urls.iter().any(|u| same_master(u, &url)) {
+            if redis_urls
+                .iter()
+                .any(|u| crate::lock::config::same_master(u, &url))
+            {
                 return Err(err(format!(
                     "{url} is listed twice; each master must be distinct"
                 )));
@@ -228,13 +231,6 @@ impl GlobalArgs {
             lock_master_timeout: Duration::from_millis(self.lock_master_timeout_ms),
         })
     }
-}
-
-fn same_master(a: &SecretUrl, b: &SecretUrl) -> bool {
-    let (a, b) = (a.url(), b.url());
-    a.host_str() == b.host_str()
-        && a.port_or_known_default().unwrap_or(6379) == b.port_or_known_default().unwrap_or(6379)
-        && a.path().trim_start_matches('/') == b.path().trim_start_matches('/')
 }
 
 fn parse_regions(raw: &str) -> Result<Vec<String>, ConfigError> {

@@ -243,3 +243,22 @@ async fn worker_given_one_server_twice_exits_2() {
     assert!(err.contains("same Redis server"), "{err}");
     assert!(!err.contains("s3cr3t"), "{err}");
 }
+
+/// Issue 13.10: `redis://h:6379` and `redis://h:6379/0` are one master under
+/// the one rule (`lock::config::same_master`), refused as a setting (exit 2)
+/// before anything connects.
+#[test]
+fn default_port_and_database_make_one_master() {
+    let out = crate::helpers::herald(None)
+        .arg("status")
+        .env(
+            "HERALD_REDIS_URLS",
+            "redis://u:pw1@h.example:6379,redis://u:pw1@H.example/0",
+        )
+        .output()
+        .unwrap();
+    let err = crate::helpers::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("listed twice"), "{err}");
+    assert!(!err.contains("pw1"), "{err}");
+}
