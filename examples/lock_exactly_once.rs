@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald::lock::{LockConfig, Redlock, RetryPolicy};
+use herald::lock::{Lock, LockConfig, LockError, Redlock};
 
 /// Long enough for the work, short enough that a crashed consumer's messages
 /// are picked up again soon.
@@ -24,7 +24,14 @@ const TTL: Duration = Duration::from_secs(5);
 /// The one place the lock configuration is built.
 fn lock_config(masters: Vec<String>, key_prefix: &str) -> LockConfig {
     LockConfig {
-        masters,
+        // SecretUrl keeps a password in the URL out of logs and errors.
+        masters: masters
+            .iter()
+            .map(|m| {
+                m.parse()
+                    .expect("each master is a redis:// or rediss:// URL")
+            })
+            .collect(),
         key_prefix: key_prefix.to_owned(),
         master_timeout: Duration::from_millis(200),
         ..LockConfig::default()
@@ -67,16 +74,9 @@ pub async fn run(
 async fn consume(locks: &Redlock, done: &Done, consumer: usize, id: u64) -> anyhow::Result<()> {
     // Wait for a consumer that holds the message instead of skipping it: if
     // that one crashes before recording "done", this one does the work.
-    let retry = RetryPolicy {
-        max_attempts: u32::MAX,
-        deadline: Some(TTL * 2),
-        ..RetryPolicy::default()
-    };
     // Still held after two TTLs, or no quorum: leave the message for
     // redelivery (nack it); never process it without the lock.
-    let lock = locks
-        .acquire_with_retry(&format!("msg:{id}"), TTL, &retry)
-        .await?;
+    let lock = acquire_waiting(locks, &format!("msg:{id}"), TTL * 2).await?;
     let already_done = done.lock().unwrap().contains_key(&id);
     if !already_done {
         // The work. Keep it well inside the TTL, and check before committing:
@@ -89,6 +89,26 @@ async fn consume(locks: &Redlock, done: &Done, consumer: usize, id: u64) -> anyh
     }
     locks.release(lock).await?;
     Ok(())
+}
+
+/// Retries a contended or quorum-less acquire with a short jittered pause
+/// until `deadline`: the lock says "someone else has it now", and waiting
+/// for them is this pattern's choice, not the lock's.
+async fn acquire_waiting(locks: &Redlock, key: &str, deadline: Duration) -> anyhow::Result<Lock> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        match locks.acquire(key, TTL).await {
+            Ok(lock) => return Ok(lock),
+            Err(e @ (LockError::Contended | LockError::NoQuorum { .. })) => {
+                if tokio::time::Instant::now() >= until {
+                    return Err(e.into());
+                }
+                let pause = 5 + rand::random::<u64>() % 20;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn masters_from_env() -> Vec<String> {

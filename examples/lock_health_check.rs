@@ -20,7 +20,14 @@ use herald::lock::{LockConfig, LockError, Redlock};
 /// The one place the lock configuration is built.
 fn lock_config(masters: Vec<String>, key_prefix: &str) -> LockConfig {
     LockConfig {
-        masters,
+        // SecretUrl keeps a password in the URL out of logs and errors.
+        masters: masters
+            .iter()
+            .map(|m| {
+                m.parse()
+                    .expect("each master is a redis:// or rediss:// URL")
+            })
+            .collect(),
         key_prefix: key_prefix.to_owned(),
         master_timeout: Duration::from_millis(200),
         ..LockConfig::default()

@@ -49,6 +49,18 @@ impl App {
                 "fewer Redis masters than a quorum answered at start-up; polls will fail until they do"
             );
         }
+        // One server under two names would vote twice: a settings error.
+        if let Err(e) = redlock
+            .check_distinct(std::time::Duration::from_secs(1))
+            .await
+        {
+            return Err(crate::config::ConfigError::new(
+                "HERALD_REDIS_URLS",
+                "--redis-urls",
+                e.to_string(),
+            )
+            .into());
+        }
         let metrics = Metrics::with_redlock(&redlock);
         Ok(App {
             deps: Deps {

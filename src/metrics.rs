@@ -246,7 +246,7 @@ const PER_MASTER: [(&str, &str, MasterField); 4] = [
 const WHOLE: [(&str, &str, LockField); 3] = [
     (
         "lock_acquired",
-        "Single-key locks granted by a majority of masters (cleanup, readiness probes).",
+        "Lock keys granted by a majority of masters: single locks, and each key of a batch.",
         |s| s.acquired,
     ),
     (

@@ -20,6 +20,10 @@
 //! * [`ceiling`] — the protocol's statements alone, no workers: the
 //!   database's bound on S1.
 //! * [`report`] — the JSON line.
+//! * [`locks`] — `herald bench locks`: the lock library alone, as any
+//!   caller uses it.
+//! * [`redis_servers`] — local `redis-server` processes (also used by the
+//!   integration tests).
 
 pub mod args;
 pub mod ceiling;
@@ -28,7 +32,9 @@ pub mod delivered;
 pub mod drain;
 pub mod fleet;
 pub mod lag;
+pub mod locks;
 pub mod receiver;
+pub mod redis_servers;
 pub mod report;
 pub mod workload;
 
@@ -189,13 +195,9 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode
 }
 
 async fn locks(settings: &Settings, params: &Params, external: bool) -> anyhow::Result<()> {
-    use crate::lock::bench::LockBenchOpts;
+    use locks::LockBenchOpts;
     let urls = if external {
-        settings
-            .redis_urls
-            .iter()
-            .map(|u| u.expose().to_owned())
-            .collect()
+        settings.redis_urls.clone()
     } else {
         Vec::new()
     };
@@ -213,13 +215,13 @@ async fn locks(settings: &Settings, params: &Params, external: bool) -> anyhow::
         },
         opts.phase.as_secs()
     );
-    let report = crate::lock::bench::run(urls, opts).await?;
+    let report = locks::run_lock_bench(urls, opts).await?;
     #[derive(serde::Serialize)]
     struct Line<'a> {
         system: &'static str,
         scenario: &'static str,
         #[serde(flatten)]
-        report: &'a crate::lock::bench::LockBenchReport,
+        report: &'a locks::LockBenchReport,
     }
     report::print_line(&Line {
         system: "herald",

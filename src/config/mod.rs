@@ -115,11 +115,7 @@ impl Settings {
     /// Lock settings shared by every part of Herald that locks.
     pub fn lock_config(&self) -> LockConfig {
         LockConfig {
-            masters: self
-                .redis_urls
-                .iter()
-                .map(|u| u.expose().to_owned())
-                .collect(),
+            masters: self.redis_urls.clone(),
             key_prefix: self.key_prefix.clone(),
             master_timeout: self.lock_master_timeout,
             ..LockConfig::default()

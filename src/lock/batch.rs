@@ -3,7 +3,9 @@
 //! The worker locks a whole poll batch at once: per master one pipeline of
 //! `SET NX PX` (and one of owner-only releases), so locking 500 rows costs
 //! three round trips, not 1,500. A key is granted iff a majority granted it;
-//! a key granted only on a minority is deleted again on every master.
+//! a key granted only on a minority is deleted again on every master, and a
+//! key a master grants after we stopped waiting for it is deleted as soon as
+//! that answer arrives.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -13,28 +15,33 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tracing::{debug, debug_span, warn, Instrument};
 
-use super::error::{LockError, MasterFailure};
+use super::error::{FailureKind, LockError, MasterFailure};
+use super::held::Held;
+use super::master::Grants;
 use super::metrics::inc;
-use super::round::{fan_out_tracked, finish_in_background, InFlight, Round};
-use super::single::{extend_round, jitter, ReleaseOnDrop};
+use super::round::{fan_out_granting, finish_in_background, InFlight, Round};
+use super::scripts::set_nx_px;
+use super::single::ReleaseOnDrop;
 use super::token::Token;
-use super::{check_ttl, ttl_ms, Inner, Redlock};
+use super::{ttl_ms, Inner, Redlock};
 
 /// The keys of one [`Redlock::acquire_many`] call that a majority granted.
+/// Token, TTL and validity (shared by every granted key) come from
+/// [`Held`], which it derefs to.
 pub struct BatchLock {
-    token: Token,
-    ttl: Duration,
     granted: Vec<String>,
     granted_set: HashSet<String>,
-    valid_until: Instant,
-    inflight: Option<Arc<InFlight>>,
+    held: Held,
+}
+
+impl std::ops::Deref for BatchLock {
+    type Target = Held;
+    fn deref(&self) -> &Held {
+        &self.held
+    }
 }
 
 impl BatchLock {
-    pub fn token(&self) -> &Token {
-        &self.token
-    }
-
     /// Granted keys as passed in (without prefix), in the order given.
     pub fn granted(&self) -> &[String] {
         &self.granted
@@ -50,19 +57,6 @@ impl BatchLock {
 
     pub fn is_empty(&self) -> bool {
         self.granted.is_empty()
-    }
-
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// Validity shared by every granted key (monotonic clock, drift deducted).
-    pub fn remaining_validity(&self) -> Duration {
-        self.valid_until.saturating_duration_since(Instant::now())
-    }
-
-    pub fn valid_until(&self) -> Instant {
-        self.valid_until
     }
 }
 
@@ -80,7 +74,6 @@ impl fmt::Debug for BatchLock {
 /// Per-key yes/no counts of one batched round.
 struct KeyTally {
     yes: Vec<u32>,
-    no: Vec<u32>,
     answered: usize,
     causes: Vec<MasterFailure>,
 }
@@ -91,7 +84,6 @@ async fn tally_keys(inner: &Inner, mut round: Round<Vec<bool>>, nkeys: usize) ->
     let q = inner.quorum as u32;
     let mut t = KeyTally {
         yes: vec![0; nkeys],
-        no: vec![0; nkeys],
         answered: 0,
         causes: Vec::new(),
     };
@@ -99,13 +91,14 @@ async fn tally_keys(inner: &Inner, mut round: Round<Vec<bool>>, nkeys: usize) ->
     while let Some((i, r)) = round.next().await {
         pending -= 1;
         match r {
+            // A master in restart quarantine grants nothing; counted as not
+            // answered, so whatever it set is deleted again.
+            Ok(_) if !inner.votes(i) => t.causes.push(inner.failure(i, FailureKind::Restarted)),
             Ok(flags) => {
                 t.answered += 1;
-                for j in 0..nkeys {
+                for (j, yes) in t.yes.iter_mut().enumerate() {
                     if flags.get(j).copied().unwrap_or(false) {
-                        t.yes[j] += 1;
-                    } else {
-                        t.no[j] += 1;
+                        *yes += 1;
                     }
                 }
             }
@@ -129,7 +122,7 @@ impl Redlock {
         keys: &[String],
         ttl: Duration,
     ) -> Result<BatchLock, LockError> {
-        let drift = check_ttl(ttl)?;
+        let drift = self.inner.check_ttl(ttl)?;
         let token = Token::random().map_err(|e| LockError::Random(e.to_string()))?;
         let inner = &self.inner;
         let mut seen = HashSet::with_capacity(keys.len());
@@ -139,44 +132,39 @@ impl Redlock {
             let start = Instant::now();
             if keys.is_empty() {
                 return Ok(BatchLock {
-                    token,
-                    ttl,
                     granted: Vec::new(),
                     granted_set: HashSet::new(),
-                    valid_until: start + (ttl - drift),
-                    inflight: None,
+                    held: Held::new(token, ttl, start + (ttl - drift), None, Arc::new(())),
                 });
             }
             let full: Vec<String> = keys.iter().map(|k| inner.full_key(k)).collect();
             let inflight = InFlight::new(inner.masters.len());
             let mut guard =
                 ReleaseOnDrop::new(inner.clone(), full.clone(), token, Some(inflight.clone()));
-            let full = Arc::new(full);
+            // Dropped on failure: late grants are then undone on arrival.
+            let holder = Arc::new(());
+            let grants = Grants {
+                keys: full.iter().map(|k| Arc::from(k.as_str())).collect(),
+                token,
+                holder: Some(Arc::downgrade(&holder)),
+            };
             let px = ttl_ms(ttl);
             let round = {
-                let full = full.clone();
-                fan_out_tracked(
+                let keys = grants.keys.clone();
+                fan_out_granting(
                     inner,
                     inner.budget(ttl),
                     Some(&inflight),
-                    None,
+                    grants,
                     move |mut c| {
-                        let full = full.clone();
+                        let keys = keys.clone();
                         async move {
                             let mut pipe = redis::pipe();
-                            for k in full.iter() {
-                                pipe.cmd("SET")
-                                    .arg(k)
-                                    .arg(&token.as_bytes()[..])
-                                    .arg("NX")
-                                    .arg("PX")
-                                    .arg(px);
+                            for k in keys.iter() {
+                                set_nx_px(&mut pipe, k, &token, px);
                             }
                             let replies: Vec<Option<String>> = pipe.query_async(&mut c).await?;
-                            Ok(replies
-                                .into_iter()
-                                .map(|r| r.is_some())
-                                .collect::<Vec<bool>>())
+                            Ok(replies.into_iter().map(|r| r.is_some()).collect())
                         }
                     },
                 )
@@ -217,93 +205,10 @@ impl Redlock {
                 .fetch_add(granted.len() as u64, std::sync::atomic::Ordering::Relaxed);
             debug!(granted = granted.len(), "batch acquired");
             Ok(BatchLock {
-                token,
-                ttl,
                 granted_set: granted.iter().cloned().collect(),
                 granted,
-                valid_until,
-                inflight: Some(inflight),
+                held: Held::new(token, ttl, valid_until, Some(inflight), holder),
             })
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Re-arms every granted key for `ttl`. Keys a majority no longer holds
-    /// are removed from `batch` and reported as [`LockError::Lost`] (the
-    /// others stay extended); unanswered masters are retried within validity.
-    pub async fn extend_many(&self, batch: &mut BatchLock, ttl: Duration) -> Result<(), LockError> {
-        let drift = check_ttl(ttl)?;
-        let inner = &self.inner;
-        let span = debug_span!(
-            "lock.extend_many",
-            keys = batch.granted.len(),
-            ttl_ms = ttl_ms(ttl)
-        );
-        async move {
-            let q = inner.quorum as u32;
-            let mut todo: Vec<usize> = (0..batch.granted.len()).collect();
-            let mut lost: Vec<usize> = Vec::new();
-            let mut first_start = None;
-            let mut backoff = Duration::from_millis(5);
-            while !todo.is_empty() {
-                let remaining = batch.remaining_validity();
-                if remaining.is_zero() {
-                    lost.append(&mut todo);
-                    break;
-                }
-                let start = Instant::now();
-                first_start.get_or_insert(start);
-                let keys: Vec<String> = todo
-                    .iter()
-                    .map(|&j| inner.full_key(&batch.granted[j]))
-                    .collect();
-                let round = extend_round(
-                    inner,
-                    Arc::new(keys),
-                    batch.token,
-                    ttl,
-                    inner.budget(ttl).min(remaining),
-                );
-                let t = tally_keys(inner, round, todo.len()).await;
-                let mut again = Vec::new();
-                for (pos, &j) in todo.iter().enumerate() {
-                    if t.yes[pos] >= q {
-                        continue;
-                    }
-                    if t.no[pos] as usize > inner.masters.len() - inner.quorum {
-                        lost.push(j);
-                    } else {
-                        again.push(j);
-                    }
-                }
-                todo = again;
-                if !todo.is_empty() {
-                    tokio::time::sleep(jitter(backoff).min(batch.remaining_validity())).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(100));
-                }
-            }
-            if let Some(start) = first_start {
-                if lost.len() < batch.granted.len() {
-                    batch.valid_until = start + (ttl - drift);
-                    batch.ttl = ttl;
-                }
-            }
-            if lost.is_empty() {
-                inc(&inner.metrics.extended);
-                return Ok(());
-            }
-            inc(&inner.metrics.extend_failures);
-            warn!(lost = lost.len(), "batch extend lost keys");
-            let lost: HashSet<usize> = lost.into_iter().collect();
-            let mut j = 0;
-            batch.granted.retain(|_| {
-                let keep = !lost.contains(&j);
-                j += 1;
-                keep
-            });
-            batch.granted_set = batch.granted.iter().cloned().collect();
-            Err(LockError::Lost)
         }
         .instrument(span)
         .await
@@ -312,14 +217,16 @@ impl Redlock {
     /// Releases every granted key: one pipeline per master.
     pub async fn release_many(&self, batch: BatchLock) -> Result<(), LockError> {
         let span = debug_span!("lock.release_many", keys = batch.granted.len());
-        let budget = self.inner.budget(batch.ttl);
+        let budget = self.inner.budget(batch.held.ttl);
+        // From here on, a late grant is nobody's and gets undone.
+        drop(batch.held.holder);
         let keys = batch
             .granted
             .iter()
             .map(|k| self.inner.full_key(k))
             .collect();
         self.inner
-            .release_keys_now(keys, batch.token, budget, batch.inflight.as_ref())
+            .release_keys_now(keys, batch.held.token, budget, batch.held.inflight.as_ref())
             .instrument(span)
             .await
     }

@@ -14,17 +14,22 @@
 //! caller at most its budget. The task sends one batch at a time, in queue
 //! order, on one connection; that order is what keeps a release behind the
 //! `SET` it undoes.
+//!
+//! A caller that stops waiting does not stop its `SET`: once written, a
+//! stalled master executes it whenever it resumes. So a batch that outlives
+//! its callers is still awaited (in the background, see
+//! [`super::master::LATE_WATCH`]), and every `SET` granted to a caller that
+//! is no longer there is deleted again at once, owner-only with its token.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::master::{checkout, Manager};
-use super::scripts::RELEASE_EACH;
+use super::master::{checkout, is_held, release_late, Conn, Manager, LATE_WATCH};
+use super::scripts::{release_each, set_nx_px};
 use super::token::Token;
 
 /// Most requests one batch carries; more wait for the next round trip.
@@ -38,6 +43,9 @@ pub(crate) enum Op {
         key: Arc<str>,
         token: Token,
         ttl_ms: u64,
+        /// Alive while the lock this `SET` belongs to is held (see
+        /// [`super::master::Grants::holder`]); `None`: never held.
+        holder: Option<Weak<()>>,
     },
     /// Owner-only delete; answers whether the key was ours and is gone.
     Release { key: Arc<str>, token: Token },
@@ -67,7 +75,10 @@ impl Coalescer {
     }
 
     /// Queues `op`; the answer arrives on the returned channel (dropped
-    /// unanswered only if the task died with its runtime).
+    /// unanswered only if the task died with its runtime). A caller that
+    /// gives up must `close()` the receiver before a last `try_recv()`: a
+    /// `SET` granted after that is released by the task, one granted before
+    /// it is the caller's.
     pub(crate) fn submit(&self, op: Op, deadline: Instant) -> oneshot::Receiver<RedisResult<bool>> {
         let (reply, rx) = oneshot::channel();
         let mut req = Request {
@@ -106,42 +117,81 @@ async fn run(pool: bb8::Pool<Manager>, mut queue: mpsc::UnboundedReceiver<Reques
             .map(|r| r.deadline)
             .max()
             .unwrap_or_else(Instant::now);
-        let answers = tokio::time::timeout_at(deadline, send(&pool, &batch)).await;
-        match answers {
-            Ok(Ok(answers)) => {
-                for (r, a) in batch.drain(..).zip(answers) {
-                    let _ = r.reply.send(Ok(a));
+        let ops: Arc<[Op]> = batch.iter().map(|r| r.op.clone()).collect();
+        let replies: Vec<_> = batch.drain(..).map(|r| r.reply).collect();
+        // Only a request on the wire is watched past its deadline: one still
+        // waiting for a connection is dropped, or it would be sent late.
+        let conn = match tokio::time::timeout_at(deadline, checkout(&pool)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                for r in replies {
+                    let _ = r.send(Err(clone_error(&e)));
                 }
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut answers = Box::pin(send(conn, ops.clone()));
+        match tokio::time::timeout_at(deadline, &mut answers).await {
+            Ok(Ok(answers)) => {
+                let mut late = Vec::new();
+                for ((op, reply), a) in ops.iter().zip(replies).zip(answers) {
+                    if reply.send(Ok(a)).is_err() && a {
+                        late.extend(granted_set(op));
+                    }
+                }
+                release_late(&pool, late);
             }
             Ok(Err(e)) => {
-                for r in batch.drain(..) {
-                    let _ = r.reply.send(Err(clone_error(&e)));
+                for r in replies {
+                    let _ = r.send(Err(clone_error(&e)));
                 }
             }
-            // Every caller has given up by now; their own timeouts count it.
-            Err(_) => batch.clear(),
+            // Every caller has given up by now (their own timeouts count
+            // it), but the SETs are on the wire: watch for late grants.
+            Err(_) => {
+                drop(replies);
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    if let Ok(Ok(answers)) = tokio::time::timeout(LATE_WATCH, answers).await {
+                        let late = ops
+                            .iter()
+                            .zip(answers)
+                            .filter(|(_, a)| *a)
+                            .filter_map(|(op, _)| granted_set(op))
+                            .collect();
+                        release_late(&pool, late);
+                    }
+                });
+            }
         }
+    }
+}
+
+/// The key and token a granted `op` created, if it is a `SET` whose lock
+/// nobody holds: a late grant to a lock still held is part of that lock and
+/// goes with its release.
+fn granted_set(op: &Op) -> Option<(Arc<str>, Token)> {
+    match op {
+        Op::Set {
+            key, token, holder, ..
+        } if !is_held(holder.as_ref()) => Some((key.clone(), *token)),
+        Op::Set { .. } | Op::Release { .. } => None,
     }
 }
 
 /// Sends the batch's SETs as one pipeline and its releases as one chunked
 /// Lua call, concurrently on one connection; answers in request order.
-async fn send(pool: &bb8::Pool<Manager>, batch: &[Request]) -> RedisResult<Vec<bool>> {
-    let conn = checkout(pool).await?;
+async fn send(conn: Conn, batch: Arc<[Op]>) -> RedisResult<Vec<bool>> {
     let broken = conn.broken.clone();
     let mut sets = redis::pipe();
     let mut rel_keys: Vec<&str> = Vec::new();
     let mut rel_tokens: Vec<&[u8]> = Vec::new();
-    for r in batch {
-        match &r.op {
-            Op::Set { key, token, ttl_ms } => {
-                sets.cmd("SET")
-                    .arg(&**key)
-                    .arg(&token.as_bytes()[..])
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(*ttl_ms);
-            }
+    for op in batch.iter() {
+        match op {
+            Op::Set {
+                key, token, ttl_ms, ..
+            } => set_nx_px(&mut sets, key, token, *ttl_ms),
             Op::Release { key, token } => {
                 rel_keys.push(key);
                 rel_tokens.push(&token.as_bytes()[..]);
@@ -174,44 +224,11 @@ async fn send(pool: &bb8::Pool<Manager>, batch: &[Request]) -> RedisResult<Vec<b
     let mut rels = rel_answers.into_iter();
     Ok(batch
         .iter()
-        .map(|r| match r.op {
+        .map(|op| match op {
             Op::Set { .. } => sets.next().flatten().is_some(),
             Op::Release { .. } => rels.next() == Some(1),
         })
         .collect())
-}
-
-/// Keys per Lua call: enough to amortise the call, few enough not to hold up
-/// the Redis event loop noticeably.
-const CHUNK: usize = 256;
-
-/// Owner-only delete of each key with its own token; one 1/0 per key.
-/// NOSCRIPT (a restarted master) loads the script and resends, which is safe
-/// because the script is idempotent.
-async fn release_each(
-    conn: &mut MultiplexedConnection,
-    keys: &[&str],
-    tokens: &[&[u8]],
-) -> RedisResult<Vec<i64>> {
-    let build = || {
-        let mut pipe = redis::pipe();
-        for (ks, ts) in keys.chunks(CHUNK).zip(tokens.chunks(CHUNK)) {
-            pipe.cmd("EVALSHA")
-                .arg(RELEASE_EACH.get_hash())
-                .arg(ks.len())
-                .arg(ks)
-                .arg(ts);
-        }
-        pipe
-    };
-    let chunks: Vec<Vec<i64>> = match build().query_async(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            RELEASE_EACH.load_async(conn).await?;
-            build().query_async(conn).await?
-        }
-        other => other?,
-    };
-    Ok(chunks.into_iter().flatten().collect())
 }
 
 /// `RedisError` is not `Clone`; every caller of a failed batch gets an

@@ -1,4 +1,4 @@
-//! Configuration and retry policy.
+//! Configuration, and the one rule for what counts as the same master.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -16,8 +16,8 @@ pub const DEFAULT_MASTER_TIMEOUT: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct LockConfig {
     /// `redis://` or `rediss://` URLs of independent masters; `user:password@`
-    /// (ACL) allowed. Never printed unredacted.
-    pub masters: Vec<String>,
+    /// (ACL) allowed. Typed, so a password is never printed.
+    pub masters: Vec<SecretUrl>,
     /// Prepended to every key given to the API, so several applications (and
     /// tests) can share masters without colliding.
     pub key_prefix: String,
@@ -43,6 +43,16 @@ pub struct LockConfig {
     /// PEM of the CA(s) to trust for `rediss://` masters instead of the public
     /// web roots (managed Redis with a private CA, and tests).
     pub tls_root_ca: Option<Vec<u8>>,
+    /// The longest TTL any client of these masters uses. A master that
+    /// restarted less than this ago may have forgotten a lock someone still
+    /// holds, so its votes do not count until then. A restart is seen as a
+    /// changed `run_id`, and for that the largest TTL this `Redlock` has
+    /// requested counts too. A master seen for the first time with an
+    /// uptime below *this setting* is also kept out; zero (the default)
+    /// trusts masters at first sight, since a freshly started server looks
+    /// just like a restarted one. Set it when other processes use longer
+    /// TTLs, or to be safe from a process's first lock on.
+    pub longest_ttl: Duration,
 }
 
 impl Default for LockConfig {
@@ -56,13 +66,14 @@ impl Default for LockConfig {
             breaker_cooldown: Duration::from_secs(1),
             min_validity: Duration::ZERO,
             tls_root_ca: None,
+            longest_ttl: Duration::ZERO,
         }
     }
 }
 
 impl LockConfig {
     /// Defaults with the given masters.
-    pub fn new(masters: Vec<String>) -> Self {
+    pub fn new(masters: Vec<SecretUrl>) -> Self {
         Self {
             masters,
             ..Self::default()
@@ -71,7 +82,7 @@ impl LockConfig {
 
     /// Checks everything that can be checked without connecting.
     pub fn validate(&self) -> Result<(), LockConfigError> {
-        self.parsed_masters().map(|_| ())?;
+        self.check_masters()?;
         let invalid = |setting, reason| Err(LockConfigError::Invalid { setting, reason });
         if self.master_timeout.is_zero() {
             return invalid("master_timeout", "must be greater than zero");
@@ -85,7 +96,9 @@ impl LockConfig {
         Ok(())
     }
 
-    pub(crate) fn parsed_masters(&self) -> Result<Vec<SecretUrl>, LockConfigError> {
+    /// Checks the master list: a count the quorum arithmetic supports,
+    /// Redis schemes, URLs the client accepts, no master twice.
+    fn check_masters(&self) -> Result<(), LockConfigError> {
         if self.masters.is_empty() {
             return Err(LockConfigError::NoMasters);
         }
@@ -96,10 +109,7 @@ impl LockConfig {
             });
         }
         let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(self.masters.len());
-        for (index, raw) in self.masters.iter().enumerate() {
-            let url = SecretUrl::parse(raw)
-                .map_err(|reason| LockConfigError::InvalidUrl { index, reason })?;
+        for (index, url) in self.masters.iter().enumerate() {
             if !matches!(url.scheme(), "redis" | "rediss") {
                 return Err(LockConfigError::InvalidUrl {
                     index,
@@ -113,34 +123,39 @@ impl LockConfig {
                 });
             }
             // Same server reached twice would count twice towards the quorum.
-            let u = url.url();
-            let identity = (
-                u.host_str().unwrap_or_default().to_ascii_lowercase(),
-                u.port().unwrap_or(6379),
-                u.path().trim_matches('/').parse::<u32>().unwrap_or(0),
-            );
-            if !seen.insert(identity) {
+            if !seen.insert(master_identity(url)) {
                 return Err(LockConfigError::Duplicate {
                     url: url.redacted(),
                 });
             }
-            out.push(url);
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// The one rule for "the same master listed twice", for every layer that
+/// reads Redis URLs: same host (case-insensitive), same port (6379 if
+/// none is given) and same database (0 if none is given), so
+/// `redis://h:6379` and `redis://H/0` are one master. Different names of
+/// one server (`localhost` and `127.0.0.1`) can only be told by asking it:
+/// see [`Redlock::check_distinct`](super::Redlock::check_distinct).
+pub fn same_master(a: &SecretUrl, b: &SecretUrl) -> bool {
+    master_identity(a) == master_identity(b)
+}
+
+fn master_identity(url: &SecretUrl) -> (String, u16, u32) {
+    let u = url.url();
+    (
+        u.host_str().unwrap_or_default().to_ascii_lowercase(),
+        u.port().unwrap_or(6379),
+        u.path().trim_matches('/').parse::<u32>().unwrap_or(0),
+    )
 }
 
 impl fmt::Debug for LockConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let masters: Vec<String> = self
-            .masters
-            .iter()
-            .map(|m| {
-                SecretUrl::parse(m).map_or_else(|_| "<invalid url>".to_owned(), |u| u.redacted())
-            })
-            .collect();
         f.debug_struct("LockConfig")
-            .field("masters", &masters)
+            .field("masters", &self.masters)
             .field("key_prefix", &self.key_prefix)
             .field("master_timeout", &self.master_timeout)
             .field("pool_size", &self.pool_size)
@@ -148,6 +163,7 @@ impl fmt::Debug for LockConfig {
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("min_validity", &self.min_validity)
             .field("tls_root_ca", &self.tls_root_ca.as_ref().map(|_| "<pem>"))
+            .field("longest_ttl", &self.longest_ttl)
             .finish()
     }
 }
@@ -158,54 +174,13 @@ pub fn drift(ttl: Duration) -> Duration {
     ttl / 100 + Duration::from_millis(2)
 }
 
-/// How [`Redlock::acquire_with_retry`](super::Redlock::acquire_with_retry)
-/// spaces its attempts: exponential backoff with full jitter, so contending
-/// instances spread out instead of retrying in lock-step.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in total, the first included (0 is treated as 1).
-    pub max_attempts: u32,
-    /// Backoff before the second attempt; zero is legal (retry at once,
-    /// yielding to the runtime in between).
-    pub base_delay: Duration,
-    /// Cap of the exponential backoff.
-    pub max_delay: Duration,
-    /// Overall time budget, attempts and delays included.
-    pub deadline: Option<Duration>,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 10,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(200),
-            deadline: None,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Full-jitter delay before attempt `attempt + 1` (0-based `attempt`).
-    pub(crate) fn delay(&self, attempt: u32) -> Duration {
-        use rand::Rng;
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        let cap = self
-            .base_delay
-            .checked_mul(factor)
-            .unwrap_or(self.max_delay)
-            .min(self.max_delay);
-        let cap_ns = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-        if cap_ns == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(rand::rng().random_range(0..=cap_ns))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn urls(raw: &[&str]) -> Vec<SecretUrl> {
+        raw.iter().map(|u| SecretUrl::parse(u).unwrap()).collect()
+    }
 
     #[test]
     fn validation_names_the_problem_and_hides_passwords() {
@@ -213,40 +188,37 @@ mod tests {
             LockConfig::default().validate(),
             Err(LockConfigError::NoMasters)
         );
-        let dup = LockConfig::new(vec![
-            "redis://u:hunter2@127.0.0.1:7000".into(),
-            "redis://u:hunter2@127.0.0.1:7000/".into(),
-        ]);
+        let dup = LockConfig::new(urls(&[
+            "redis://u:hunter2@127.0.0.1:7000",
+            "redis://u:hunter2@127.0.0.1:7000/",
+        ]));
         let e = dup.validate().unwrap_err();
         assert!(matches!(e, LockConfigError::Duplicate { .. }), "{e}");
         assert!(!e.to_string().contains("hunter2"));
         assert!(!format!("{dup:?}").contains("hunter2"));
-        let bad = LockConfig::new(vec!["http://127.0.0.1:7000".into()]);
+        let bad = LockConfig::new(urls(&["http://127.0.0.1:7000"]));
         assert!(matches!(
             bad.validate(),
             Err(LockConfigError::InvalidUrl { index: 0, .. })
         ));
-        let ok = LockConfig::new(vec![
-            "redis://127.0.0.1:7000".into(),
-            "rediss://user:pw@127.0.0.1:7001".into(),
-            "redis://127.0.0.1:7000/1".into(),
-        ]);
-        ok.validate().unwrap();
-    }
-
-    #[test]
-    fn zero_delay_policy_never_sleeps() {
-        let p = RetryPolicy {
-            base_delay: Duration::ZERO,
-            ..RetryPolicy::default()
+        let same = |a: &str, b: &str| {
+            same_master(&SecretUrl::parse(a).unwrap(), &SecretUrl::parse(b).unwrap())
         };
-        for a in 0..40 {
-            assert_eq!(p.delay(a), Duration::ZERO);
-        }
-        let p = RetryPolicy::default();
-        for a in 0..40 {
-            assert!(p.delay(a) <= p.max_delay);
-        }
+        assert!(same("redis://h:6379", "redis://h:6379/0"));
+        assert!(same("redis://H", "rediss://u:pw@h:6379/"));
+        assert!(!same("redis://h", "redis://h/1"));
+        assert!(!same("redis://h", "redis://h:6380"));
+        let zero = LockConfig::new(urls(&["redis://h:6379", "redis://h/0"]));
+        assert!(matches!(
+            zero.validate(),
+            Err(LockConfigError::Duplicate { .. })
+        ));
+        let ok = LockConfig::new(urls(&[
+            "redis://127.0.0.1:7000",
+            "rediss://user:pw@127.0.0.1:7001",
+            "redis://127.0.0.1:7000/1",
+        ]));
+        ok.validate().unwrap();
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub enum FailureKind {
     BreakerOpen,
     /// Connection or server error, message only (never the URL).
     Error(String),
+    /// The master granted, but it restarted recently and may have lost
+    /// locks others hold, so its grant did not count.
+    Restarted,
 }
 
 impl fmt::Display for FailureKind {
@@ -105,6 +108,9 @@ impl fmt::Display for FailureKind {
             FailureKind::Timeout => f.write_str("timed out"),
             FailureKind::BreakerOpen => f.write_str("circuit breaker open"),
             FailureKind::Error(e) => write!(f, "error: {e}"),
+            FailureKind::Restarted => {
+                f.write_str("restarted recently; not counted until the longest TTL has passed")
+            }
         }
     }
 }
@@ -120,6 +126,10 @@ pub enum LockConfigError {
     InvalidUrl { index: usize, reason: String },
     #[error("lock masters: {url} is listed more than once")]
     Duplicate { url: String },
+    /// Two entries reach one server (same `run_id`), e.g. `localhost` and
+    /// `127.0.0.1`: it would vote twice, and every lock would look contended.
+    #[error("lock masters: {first} and {second} are the same Redis server (same run_id); list each independent master once")]
+    SameServer { first: String, second: String },
     #[error("lock {setting}: {reason}")]
     Invalid {
         setting: &'static str,

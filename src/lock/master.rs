@@ -10,26 +10,38 @@
 //! that restarted would keep being served dead connections. Our manager marks
 //! a connection broken when a request on it fails at the connection level;
 //! the next checkout drops it and the pool dials a fresh one.
+//!
+//! A request that times out is not withdrawn: a stalled master (SIGSTOP, a
+//! long fork, a saturated host) executes it whenever it resumes. Requests
+//! that create or re-arm keys are therefore still awaited after their caller
+//! gave up, for up to [`LATE_WATCH`], and whatever they granted late is
+//! deleted again as soon as the answer arrives ([`release_late`]). Without
+//! that, each such grant would hold a key nobody owns for a fresh full TTL.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::breaker::{Breaker, Ticket, Transition};
 use super::coalesce::{Coalescer, Op};
 use super::config::LockConfig;
 use super::error::FailureKind;
 use super::metrics::{inc, MasterMetrics};
+use super::restart::{Identity, LongestTtl};
+use super::scripts::release_each;
+use super::token::Token;
 use crate::secret::SecretUrl;
 
 pub(crate) struct Manager {
     client: redis::Client,
     config: AsyncConnectionConfig,
+    identity: Arc<Identity>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -50,10 +62,12 @@ impl bb8::ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Conn, RedisError> {
-        let inner = self
+        let mut inner = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
+        // Before any request uses it: a restarted master must not vote.
+        self.identity.check(&mut inner).await;
         Ok(Conn {
             inner,
             broken: Arc::new(AtomicBool::new(false)),
@@ -76,6 +90,92 @@ pub(crate) struct Master {
     coalescer: Coalescer,
     pub(crate) breaker: Breaker,
     pub(crate) metrics: Arc<MasterMetrics>,
+    pub(crate) identity: Arc<Identity>,
+}
+
+/// How long the answer to a request its caller gave up on is still awaited.
+/// A master stalled longer than this executes our late `SET`s unwatched, and
+/// those keys then live one TTL after it resumes.
+pub(crate) const LATE_WATCH: Duration = Duration::from_secs(600);
+
+/// Budget of one late release; it goes to a master that has just answered.
+const LATE_RELEASE_BUDGET: Duration = Duration::from_secs(2);
+
+/// Keys a request may create or re-arm on one master, to delete again if it
+/// is answered only after its caller gave up.
+#[derive(Clone)]
+pub(crate) struct Grants {
+    pub(crate) keys: Arc<[Arc<str>]>,
+    pub(crate) token: Token,
+    /// Alive while the lock these keys belong to is held: a late grant is
+    /// deleted only once the holder is gone (the acquire failed, or the lock
+    /// was released or dropped). Deleting a held lock's key behind its back
+    /// would be unsafe for an extend (same token, the key *is* the lock) and
+    /// would needlessly thin out an acquired lock. `None`: nobody holds it.
+    pub(crate) holder: Option<Weak<()>>,
+}
+
+/// Whether the lock a grant belongs to is still held (see [`Grants::holder`]).
+pub(crate) fn is_held(holder: Option<&Weak<()>>) -> bool {
+    holder.is_some_and(|h| h.strong_count() > 0)
+}
+
+/// Deletes late grants (owner-only, each with its own token) on the master
+/// behind `pool`, in the background and bypassing the breaker: that master
+/// has just answered.
+pub(crate) fn release_late(pool: &bb8::Pool<Manager>, grants: Vec<(Arc<str>, Token)>) {
+    if grants.is_empty() {
+        return;
+    }
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let work = async {
+            let mut conn = checkout(&pool).await?;
+            let keys: Vec<&str> = grants.iter().map(|(k, _)| &**k).collect();
+            let tokens: Vec<&[u8]> = grants.iter().map(|(_, t)| &t.as_bytes()[..]).collect();
+            release_each(&mut conn.inner, &keys, &tokens).await
+        };
+        match tokio::time::timeout(LATE_RELEASE_BUDGET, work).await {
+            Ok(Ok(_)) => debug!(keys = grants.len(), "released late grants"),
+            Ok(Err(e)) => warn!(error = %e, "releasing late lock grants failed"),
+            Err(_) => warn!("releasing late lock grants timed out"),
+        }
+    });
+}
+
+/// A sent request that creates or re-arms keys. Dropped before it was
+/// answered (its caller timed out or was cancelled), it hands itself to a
+/// background task that awaits the answer and releases what was granted.
+struct Watched<Fut: Future<Output = Result<Vec<bool>, RedisError>> + Send + 'static> {
+    work: Option<Pin<Box<Fut>>>,
+    grants: Option<(Grants, bb8::Pool<Manager>)>,
+}
+
+impl<Fut: Future<Output = Result<Vec<bool>, RedisError>> + Send + 'static> Drop for Watched<Fut> {
+    fn drop(&mut self) {
+        let (Some(work), Some((grants, pool))) = (self.work.take(), self.grants.take()) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let Ok(Ok(flags)) = tokio::time::timeout(LATE_WATCH, work).await else {
+                return;
+            };
+            if is_held(grants.holder.as_ref()) {
+                return;
+            }
+            let late = grants
+                .keys
+                .iter()
+                .zip(flags)
+                .filter(|(_, granted)| *granted)
+                .map(|(k, _)| (k.clone(), grants.token))
+                .collect();
+            release_late(&pool, late);
+        });
+    }
 }
 
 /// A connection from `pool`; one found broken is handed back so the pool
@@ -123,7 +223,11 @@ fn install_tls_provider() {
 impl Master {
     /// Never connects: the pool dials in the background, so a master that is
     /// down at start-up does not prevent the service from starting.
-    pub(crate) fn new(url: &SecretUrl, cfg: &LockConfig) -> Result<Self, RedisError> {
+    pub(crate) fn new(
+        url: &SecretUrl,
+        cfg: &LockConfig,
+        longest: Arc<LongestTtl>,
+    ) -> Result<Self, RedisError> {
         if url.scheme() == "rediss" {
             install_tls_provider();
         }
@@ -147,9 +251,14 @@ impl Master {
             .min_idle(Some(cfg.pool_size))
             .test_on_check_out(false)
             .retry_connection(false)
-            .connection_timeout(Duration::from_secs(2).max(cfg.master_timeout * 2))
-            .build_unchecked(Manager { client, config });
+            .connection_timeout(Duration::from_secs(2).max(cfg.master_timeout * 2));
         let name = url.redacted();
+        let identity = Arc::new(Identity::new(name.clone(), longest));
+        let pool = pool.build_unchecked(Manager {
+            client,
+            config,
+            identity: identity.clone(),
+        });
         Ok(Self {
             metrics: Arc::new(MasterMetrics {
                 master: name.clone(),
@@ -159,6 +268,7 @@ impl Master {
             coalescer: Coalescer::new(pool.clone()),
             pool,
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
+            identity,
         })
     }
 
@@ -185,6 +295,53 @@ impl Master {
         self.account(ticket, tokio::time::timeout(budget, work).await)
     }
 
+    /// [`Master::run`] for a request answering one flag per key of `grants`
+    /// (a batch of `SET`s, or re-arming PEXPIREs): if it times out after it
+    /// was sent, it is still awaited in the background and every key it
+    /// granted late is deleted again (see [`Grants`]).
+    pub(crate) async fn run_granting<F, Fut>(
+        &self,
+        budget: Duration,
+        grants: Grants,
+        f: F,
+    ) -> Result<Vec<bool>, FailureKind>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<Vec<bool>, RedisError>> + Send + 'static,
+    {
+        let Some(ticket) = self.breaker.allow() else {
+            inc(&self.metrics.breaker_rejections);
+            return Err(FailureKind::BreakerOpen);
+        };
+        // Checkout first, within the budget: a request never sent needs no watching.
+        let deadline = tokio::time::Instant::now() + budget;
+        let conn = match tokio::time::timeout_at(deadline, checkout(&self.pool)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return self.account(ticket, Ok(Err(e))),
+            Err(elapsed) => return self.account::<Vec<bool>>(ticket, Err(elapsed)),
+        };
+        let broken = conn.broken.clone();
+        // Watched from here on: dropped or timed out, it is still awaited.
+        let mut watched = Watched {
+            work: Some(Box::pin(f(conn.inner))),
+            grants: Some((grants, self.pool.clone())),
+        };
+        let work = watched.work.as_mut().expect("just set");
+        let outcome = tokio::time::timeout_at(deadline, work).await;
+        if outcome.is_ok() {
+            watched.work = None;
+        }
+        drop(watched);
+        let outcome = outcome.map(|r| {
+            r.inspect_err(|e| {
+                if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
+                    broken.store(true, Relaxed);
+                }
+            })
+        });
+        self.account(ticket, outcome)
+    }
+
     /// One single-key request, coalesced with other callers' (see
     /// [`super::coalesce`]); same budget, breaker and counters as [`Master::run`].
     pub(crate) async fn run_op(&self, budget: Duration, op: Op) -> Result<bool, FailureKind> {
@@ -193,16 +350,25 @@ impl Master {
             return Err(FailureKind::BreakerOpen);
         };
         let deadline = tokio::time::Instant::now() + budget;
-        let answer = self.coalescer.submit(op, deadline);
-        let outcome = tokio::time::timeout_at(deadline, async {
-            answer.await.unwrap_or_else(|_| {
+        let mut answer = self.coalescer.submit(op, deadline);
+        let outcome = match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(r) => Ok(r.ok()),
+            Err(elapsed) => {
+                // Closing first makes the hand-over exact: an answer sent
+                // before this is ours, one sent after is a late grant the
+                // coalescer releases.
+                answer.close();
+                answer.try_recv().map(Some).map_err(|_| elapsed)
+            }
+        };
+        let outcome = outcome.map(|r| {
+            r.unwrap_or_else(|| {
                 Err(RedisError::from((
                     redis::ErrorKind::Io,
                     "lock request dropped: its runtime shut down",
                 )))
             })
-        })
-        .await;
+        });
         self.account(ticket, outcome)
     }
 

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct LockMetrics {
+    /// Keys granted by a majority: one per single lock, one per granted key
+    /// of a batch.
     pub acquired: AtomicU64,
     pub contended: AtomicU64,
     pub no_quorum: AtomicU64,

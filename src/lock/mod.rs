@@ -8,8 +8,10 @@
 //! # Tour
 //!
 //! * [`Redlock`] (this file) — the handle; cheap to clone.
-//! * `single` — acquire (with retry), extend and release of one key.
+//! * `single` — acquire, extend and release of one key.
 //! * `batch` — many keys in one pipelined round trip per master with one token.
+//! * `held` — [`Held`]: token, TTL and validity, shared by [`Lock`] and
+//!   [`BatchLock`].
 //! * `watchdog` — [`Redlock::with_lock`]: renews while the work runs and tells
 //!   the work when the lock is lost.
 //! * `window` — [`Redlock::once_per_window`] and the health [`Redlock::probe`].
@@ -18,8 +20,16 @@
 //!   round trip per master.
 //! * `master` — pool, per-request timeout and breaker of one master;
 //!   `breaker` — the circuit breaker itself.
-//! * `scripts` — owner-only release/extend in Lua (EVALSHA, NOSCRIPT fallback).
-//! * [`config`], [`error`], [`metrics`], [`token`], [`mod@bench`].
+//!   A request its caller gave up on is still awaited; what it granted late
+//!   is deleted again on arrival.
+//! * `restart` — notices a master that (re)started recently (its `run_id`,
+//!   its uptime) and keeps its votes out of quorums for the longest TTL.
+//! * `scripts` — the `SET NX PX` command and owner-only release/extend in Lua
+//!   (EVALSHA, NOSCRIPT fallback).
+//! * [`config`], [`error`], [`metrics`], [`token`].
+//!
+//! The lock imports nothing from the rest of Herald except
+//! [`crate::secret::SecretUrl`]; its benchmark lives in `bench::locks`.
 //!
 //! # The algorithm, and where it bends
 //!
@@ -29,20 +39,38 @@
 //! master gets at most `min(master_timeout, ttl/10)`, pool checkout included,
 //! and the caller stops waiting once the outcome is certain. On failure, and
 //! when an acquire future is dropped half-way, our token is deleted from
-//! every master, including those that did not answer in time.
+//! every master, including those that did not answer in time. A stalled
+//! master executes the requests we gave up on when it resumes; each grant
+//! that arrives that late is deleted as soon as it arrives (an extend's only
+//! once its lock has been released or dropped, since the key is still the
+//! holder's lock).
+//!
+//! A master that restarts without persistence forgets the locks it held. A
+//! master seen with a new `run_id` does not count towards any quorum until
+//! the longest TTL in use has passed since it started: the larger of
+//! [`LockConfig::longest_ttl`] and the largest TTL this `Redlock` has
+//! requested. At first sight only the setting applies (a fresh server looks
+//! like a restarted one), so only it covers restarts before this process
+//! first reached a master, and other processes' longer TTLs (see `restart`).
+//!
+//! Two entries that reach one server (`localhost` and `127.0.0.1`) would
+//! vote twice; [`config::same_master`] is the one rule for URLs, and
+//! [`Redlock::check_distinct`] compares the servers' `run_id`s at start-up.
 //!
 //! # Example
 //!
 //! ```no_run
 //! use std::time::Duration;
 //! use herald::lock::{LockConfig, LockError, Redlock};
+//! use herald::secret::SecretUrl;
 //!
 //! # async fn demo() -> Result<(), LockError> {
+//! let url = |u: &str| SecretUrl::parse(u).expect("valid URL");
 //! let locks = Redlock::new(LockConfig {
 //!     masters: vec![
-//!         "redis://10.0.0.1:6379".into(),
-//!         "redis://10.0.0.2:6379".into(),
-//!         "rediss://herald:secret@10.0.0.3:6380".into(),
+//!         url("redis://10.0.0.1:6379"),
+//!         url("redis://10.0.0.2:6379"),
+//!         url("rediss://herald:secret@10.0.0.3:6380"),
 //!     ],
 //!     key_prefix: "herald:".into(),
 //!     ..LockConfig::default()
@@ -76,13 +104,14 @@
 //! ```
 
 mod batch;
-pub mod bench;
 mod breaker;
 mod coalesce;
 pub mod config;
 pub mod error;
+mod held;
 mod master;
 pub mod metrics;
+mod restart;
 mod round;
 mod scripts;
 mod single;
@@ -95,14 +124,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use batch::BatchLock;
-pub use config::{drift, LockConfig, RetryPolicy};
+pub use config::{drift, LockConfig};
 pub use error::{FailureKind, LockConfigError, LockError, MasterFailure};
+pub use held::Held;
 pub use metrics::{LockMetrics, LockMetricsSnapshot, MasterMetrics, MasterMetricsSnapshot};
 pub use single::Lock;
 pub use token::Token;
 pub use watchdog::LockGuard;
 
 use master::Master;
+use restart::LongestTtl;
 
 /// Handle to a set of Redis masters. Clones share pools, breakers and metrics.
 #[derive(Clone)]
@@ -117,6 +148,8 @@ pub(crate) struct Inner {
     pub(crate) master_timeout: Duration,
     pub(crate) min_validity: Duration,
     pub(crate) metrics: LockMetrics,
+    /// See [`restart`]: how long a restarted master must sit out.
+    pub(crate) longest: Arc<LongestTtl>,
 }
 
 impl fmt::Debug for Redlock {
@@ -135,12 +168,15 @@ impl Redlock {
     /// connection, so a master that is down at start-up is not an error.
     pub async fn new(cfg: LockConfig) -> Result<Redlock, LockError> {
         cfg.validate()?;
-        let urls = cfg.parsed_masters()?;
+        let urls = &cfg.masters;
+        let longest = LongestTtl::new(cfg.longest_ttl);
         let mut masters = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
-            let m = Master::new(url, &cfg).map_err(|e| LockConfigError::InvalidUrl {
-                index,
-                reason: e.to_string().replace(url.expose(), &url.redacted()),
+            let m = Master::new(url, &cfg, longest.clone()).map_err(|e| {
+                LockConfigError::InvalidUrl {
+                    index,
+                    reason: e.to_string().replace(url.expose(), &url.redacted()),
+                }
             })?;
             masters.push(Arc::new(m));
         }
@@ -156,6 +192,7 @@ impl Redlock {
                 master_timeout: cfg.master_timeout,
                 min_validity: cfg.min_validity,
                 metrics,
+                longest,
             }),
         })
     }
@@ -198,6 +235,34 @@ impl Redlock {
     }
 }
 
+impl Redlock {
+    /// Connects to every master (waiting at most `deadline`, like
+    /// [`Redlock::warm_up`]) and fails with
+    /// [`LockConfigError::SameServer`] if two entries reach the same server
+    /// (same `run_id`): URLs alone cannot tell that `localhost` and
+    /// `127.0.0.1` are one master. Masters that do not answer (or do not
+    /// allow `INFO`) are not judged. Call it at start-up, before locking.
+    pub async fn check_distinct(&self, deadline: Duration) -> Result<(), LockConfigError> {
+        self.warm_up(deadline).await;
+        let ids: Vec<Option<String>> = self
+            .inner
+            .masters
+            .iter()
+            .map(|m| m.identity.run_id())
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(id) = id else { continue };
+            if let Some(j) = ids[..i].iter().position(|o| o.as_ref() == Some(id)) {
+                return Err(LockConfigError::SameServer {
+                    first: self.inner.masters[j].name.clone(),
+                    second: self.inner.masters[i].name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Inner {
     pub(crate) fn full_key(&self, key: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + key.len());
@@ -212,6 +277,18 @@ impl Inner {
         self.master_timeout
             .min(ttl / 10)
             .max(Duration::from_millis(1))
+    }
+
+    /// [`check_ttl`], and remembers `ttl` as in use (see [`restart`]).
+    pub(crate) fn check_ttl(&self, ttl: Duration) -> Result<Duration, LockError> {
+        let drift = check_ttl(ttl)?;
+        self.longest.note(ttl);
+        Ok(drift)
+    }
+
+    /// Whether master `index` may vote now (see [`restart`]).
+    pub(crate) fn votes(&self, index: usize) -> bool {
+        !self.masters[index].identity.is_quarantined()
     }
 
     pub(crate) fn failure(&self, index: usize, kind: FailureKind) -> MasterFailure {

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use super::coalesce::Op;
 use super::error::{FailureKind, MasterFailure};
-use super::master::Master;
+use super::master::{Grants, Master};
 use super::Inner;
 
 pub(crate) type MasterFut<R> =
@@ -115,6 +115,26 @@ where
     })
 }
 
+/// [`fan_out_tracked`] for requests answering one flag per key of `grants`,
+/// whose late grants are deleted again (see [`Master::run_granting`]).
+pub(crate) fn fan_out_granting<F, Fut>(
+    inner: &Arc<Inner>,
+    budget: Duration,
+    track: Option<&Arc<InFlight>>,
+    grants: Grants,
+    make: F,
+) -> Round<Vec<bool>>
+where
+    F: Fn(MultiplexedConnection) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = RedisResult<Vec<bool>>> + Send + 'static,
+{
+    per_master(inner, track, None, move |m| {
+        let make = make.clone();
+        let grants = grants.clone();
+        async move { m.run_granting(budget, grants, make).await }
+    })
+}
+
 /// [`fan_out_tracked`] for a single-key request, which each master
 /// coalesces with other callers' (see [`super::coalesce`]).
 pub(crate) fn fan_out_op(
@@ -187,7 +207,9 @@ pub(crate) struct Tally {
 /// When a round may stop waiting.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stop {
-    /// A majority said yes, or yes can no longer reach a majority.
+    /// A majority said yes, or yes can no longer reach a majority. For
+    /// grants: a master in restart quarantine (see [`super::restart`]) does
+    /// not count as yes.
     Decided,
     /// A majority answered at all (yes or no), or can no longer answer.
     Answered,
@@ -208,6 +230,10 @@ pub(crate) async fn tally<R: Send + 'static>(
     while let Some((i, r)) = round.next().await {
         t.pending -= 1;
         match r {
+            // A grant decides nothing if the master may have lost others' locks.
+            Ok(ref v) if is_yes(v) && matches!(stop, Stop::Decided) && !inner.votes(i) => {
+                t.causes.push(inner.failure(i, FailureKind::Restarted));
+            }
             Ok(ref v) if is_yes(v) => t.yes += 1,
             Ok(_) => {
                 t.no += 1;

@@ -1,4 +1,5 @@
-//! Lua scripts for owner-only release and extend, and the pipelined calls.
+//! The commands the lock sends: `SET NX PX`, and Lua scripts for owner-only
+//! release and extend, with the pipelined calls that carry them.
 //!
 //! Both scripts take any number of keys so that one script call per chunk of
 //! keys serves single locks and batches alike; a batch release is then a
@@ -7,7 +8,20 @@
 use std::sync::LazyLock;
 
 use redis::aio::MultiplexedConnection;
-use redis::{FromRedisValue, RedisResult, Script};
+use redis::{FromRedisValue, Pipeline, RedisResult, Script};
+
+use super::token::Token;
+
+/// Appends `SET key token NX PX ttl_ms` to `pipe`: the one way a lock key is
+/// created (single, coalesced and batched acquires all use it).
+pub(crate) fn set_nx_px(pipe: &mut Pipeline, key: &str, token: &Token, ttl_ms: u64) {
+    pipe.cmd("SET")
+        .arg(key)
+        .arg(&token.as_bytes()[..])
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_ms);
+}
 
 /// Deletes each key whose value is our token. Returns how many were deleted.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
@@ -88,4 +102,33 @@ pub(crate) async fn eval_chunked<T: FromRedisValue>(
         }
         other => other,
     }
+}
+
+/// Owner-only delete of each key with its own token (`tokens[i]` for
+/// `keys[i]`); one 1/0 per key. NOSCRIPT (a restarted master) loads the
+/// script and resends, which is safe because the script is idempotent.
+pub(crate) async fn release_each(
+    conn: &mut MultiplexedConnection,
+    keys: &[&str],
+    tokens: &[&[u8]],
+) -> RedisResult<Vec<i64>> {
+    let build = || {
+        let mut pipe = redis::pipe();
+        for (ks, ts) in keys.chunks(CHUNK).zip(tokens.chunks(CHUNK)) {
+            pipe.cmd("EVALSHA")
+                .arg(RELEASE_EACH.get_hash())
+                .arg(ks.len())
+                .arg(ks)
+                .arg(ts);
+        }
+        pipe
+    };
+    let chunks: Vec<Vec<i64>> = match build().query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            RELEASE_EACH.load_async(conn).await?;
+            build().query_async(conn).await?
+        }
+        other => other?,
+    };
+    Ok(chunks.into_iter().flatten().collect())
 }

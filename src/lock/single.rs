@@ -1,30 +1,31 @@
 //! Acquire, extend and release of one key.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, debug_span, warn, Instrument};
 
 use super::coalesce::Op;
 use super::error::{FailureKind, LockError};
+use super::held::Held;
+use super::master::Grants;
 use super::metrics::inc;
 use super::round::{
-    fan_out, fan_out_op, fan_out_tracked, finish_in_background, tally, InFlight, Round, Stop, Tally,
+    fan_out_granting, fan_out_op, fan_out_tracked, finish_in_background, tally, InFlight, Round,
+    Stop, Tally,
 };
 use super::scripts::{eval_chunked, EXTEND, RELEASE};
 use super::token::Token;
-use super::{check_ttl, ttl_ms, Inner, Redlock, RetryPolicy};
+use super::{ttl_ms, Inner, Redlock};
 
 /// A lock held on a majority of masters. Dropping it does not release it (it
 /// expires after its TTL); call [`Redlock::release`].
+/// Token, TTL and validity come from [`Held`], which it derefs to.
 pub struct Lock {
     pub(crate) key: String,
     pub(crate) full_key: String,
-    pub(crate) token: Token,
-    pub(crate) ttl: Duration,
-    pub(crate) valid_until: Instant,
-    pub(crate) inflight: Option<Arc<InFlight>>,
+    pub(crate) held: Held,
 }
 
 impl Lock {
@@ -32,23 +33,12 @@ impl Lock {
     pub fn key(&self) -> &str {
         &self.key
     }
+}
 
-    pub fn token(&self) -> &Token {
-        &self.token
-    }
-
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// How long the lock is still certainly ours (monotonic clock, drift
-    /// already deducted). Zero once expired.
-    pub fn remaining_validity(&self) -> Duration {
-        self.valid_until.saturating_duration_since(Instant::now())
-    }
-
-    pub fn valid_until(&self) -> Instant {
-        self.valid_until
+impl std::ops::Deref for Lock {
+    type Target = Held;
+    fn deref(&self) -> &Held {
+        &self.held
     }
 }
 
@@ -143,16 +133,24 @@ pub(crate) fn release_round(
     })
 }
 
-/// Owner-only PEXPIRE of `keys` on every master; one flag per key.
+/// Owner-only PEXPIRE of `keys` on every master; one flag per key. A
+/// PEXPIRE answered late re-armed a key for a full TTL; it is deleted again
+/// if `holder` is gone by then.
 pub(crate) fn extend_round(
     inner: &Arc<Inner>,
     keys: Arc<Vec<String>>,
     token: Token,
     ttl: Duration,
     budget: Duration,
+    holder: Weak<()>,
 ) -> Round<Vec<bool>> {
     let ttl = ttl_ms(ttl).to_string();
-    fan_out(inner, budget, move |mut c| {
+    let grants = Grants {
+        keys: keys.iter().map(|k| Arc::from(k.as_str())).collect(),
+        token,
+        holder: Some(holder),
+    };
+    fan_out_granting(inner, budget, None, grants, move |mut c| {
         let keys = keys.clone();
         let ttl = ttl.clone();
         async move {
@@ -223,7 +221,7 @@ impl Redlock {
     /// than the per-master budget. Cancel-safe: dropping the future releases
     /// whatever it took.
     pub async fn acquire(&self, key: &str, ttl: Duration) -> Result<Lock, LockError> {
-        let drift = check_ttl(ttl)?;
+        let drift = self.inner.check_ttl(ttl)?;
         let token = Token::random().map_err(|e| LockError::Random(e.to_string()))?;
         let inner = &self.inner;
         let full_key = inner.full_key(key);
@@ -237,10 +235,13 @@ impl Redlock {
                 Some(inflight.clone()),
             );
             let start = Instant::now();
+            // Dropped on failure: late grants are then undone on arrival.
+            let holder = Arc::new(());
             let op = Op::Set {
                 key: Arc::from(full_key.as_str()),
                 token,
                 ttl_ms: ttl_ms(ttl),
+                holder: Some(Arc::downgrade(&holder)),
             };
             let round = fan_out_op(inner, inner.budget(ttl), Some(&inflight), None, op);
             let t = tally(inner, round, Stop::Decided, |b| *b).await;
@@ -258,10 +259,7 @@ impl Redlock {
                 return Ok(Lock {
                     key: key.to_owned(),
                     full_key,
-                    token,
-                    ttl,
-                    valid_until,
-                    inflight: Some(inflight),
+                    held: Held::new(token, ttl, valid_until, Some(inflight), holder),
                 });
             }
             if t.no == inner.masters.len() {
@@ -275,56 +273,13 @@ impl Redlock {
         .await
     }
 
-    /// [`Redlock::acquire`] with exponential backoff and full jitter between
-    /// attempts, bounded by `retry.max_attempts` and `retry.deadline`. A zero
-    /// delay is legal. Non-retryable errors (a too-short TTL) return at once.
-    pub async fn acquire_with_retry(
-        &self,
-        key: &str,
-        ttl: Duration,
-        retry: &RetryPolicy,
-    ) -> Result<Lock, LockError> {
-        check_ttl(ttl)?;
-        let deadline = retry.deadline.map(|d| tokio::time::Instant::now() + d);
-        let attempts = retry.max_attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            let res = match deadline {
-                Some(d) => tokio::time::timeout_at(d, self.acquire(key, ttl))
-                    .await
-                    .unwrap_or(Err(LockError::DeadlineExceeded)),
-                None => self.acquire(key, ttl).await,
-            };
-            let err = match res {
-                Ok(lock) => return Ok(lock),
-                Err(e) if e.is_retryable() => e,
-                Err(e) => return Err(e),
-            };
-            attempt += 1;
-            if attempt >= attempts {
-                return Err(err);
-            }
-            let delay = retry.delay(attempt - 1);
-            if let Some(d) = deadline {
-                if tokio::time::Instant::now() + delay >= d {
-                    return Err(err);
-                }
-            }
-            if delay.is_zero() {
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-
     /// Re-arms the lock for `ttl` on a majority, owner-only. Returns
     /// [`LockError::Lost`] when a majority no longer holds our token. If
     /// masters merely do not answer, it retries while the lock is still valid;
     /// it never deletes anything, so a lock that is still valid survives a
     /// failed extend.
     pub async fn extend(&self, lock: &mut Lock, ttl: Duration) -> Result<(), LockError> {
-        let drift = check_ttl(ttl)?;
+        let drift = self.inner.check_ttl(ttl)?;
         let inner = &self.inner;
         let span = debug_span!("lock.extend", key = lock.key.as_str(), ttl_ms = ttl_ms(ttl));
         async move {
@@ -344,14 +299,15 @@ impl Redlock {
                     lock.token,
                     ttl,
                     inner.budget(ttl).min(remaining),
+                    Arc::downgrade(&lock.held.holder),
                 );
                 let t = tally(inner, round, Stop::Decided, |v: &Vec<bool>| {
                     v.first() == Some(&true)
                 })
                 .await;
                 if t.yes >= inner.quorum {
-                    lock.valid_until = start + (ttl - drift);
-                    lock.ttl = ttl;
+                    lock.held.valid_until = start + (ttl - drift);
+                    lock.held.ttl = ttl;
                     inc(&inner.metrics.extended);
                     return Ok(());
                 }
@@ -379,12 +335,14 @@ impl Redlock {
     pub async fn release(&self, lock: Lock) -> Result<(), LockError> {
         let span = debug_span!("lock.release", key = lock.key.as_str());
         let budget = self.inner.budget(lock.ttl);
+        // From here on, a late extend grant is nobody's and gets undone.
+        drop(lock.held.holder);
         self.inner
             .release_keys_now(
                 vec![lock.full_key],
-                lock.token,
+                lock.held.token,
                 budget,
-                lock.inflight.as_ref(),
+                lock.held.inflight.as_ref(),
             )
             .instrument(span)
             .await

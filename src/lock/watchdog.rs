@@ -108,7 +108,9 @@ async fn watch(
                 warn!(error = %e, "lock lost while work was running; signalling the work");
                 lost.cancel();
                 stop.cancelled().await;
-                return;
+                // Owner-only, so harmless if truly lost; it also undoes any
+                // renewal a stalled master applies late.
+                break;
             }
         }
     }

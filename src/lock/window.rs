@@ -1,14 +1,16 @@
 //! Helpers for the rest of Herald: once-per-window election and health probe.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, debug_span, Instrument};
 
+use super::coalesce::Op;
 use super::error::LockError;
-use super::round::{fan_out, fan_out_tracked, tally, InFlight, Stop};
+use super::round::{fan_out, fan_out_op, tally, InFlight, Stop};
 use super::single::{jitter, release_round};
 use super::token::Token;
-use super::{check_ttl, ttl_ms, Redlock};
+use super::{ttl_ms, Redlock};
 
 impl Redlock {
     /// True for exactly one caller per aligned time window (wall clock,
@@ -21,7 +23,7 @@ impl Redlock {
     /// otherwise tries again after a short jittered pause, within half a
     /// window (at most 5 s).
     pub async fn once_per_window(&self, name: &str, window: Duration) -> Result<bool, LockError> {
-        check_ttl(window)?;
+        self.inner.check_ttl(window)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -36,22 +38,27 @@ impl Redlock {
                 + (window / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
             let budget = inner.budget(window);
             let mut backoff = Duration::from_millis(2);
+            // Every attempt uses the same token, so a late grant of one must
+            // not be undone while a later one may count (see `Op::Set`).
+            let holder = Arc::new(());
             loop {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(&full)
-                    .arg(&token.as_bytes()[..])
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms(window));
-                let cmd = std::sync::Arc::new(cmd);
+                let op = Op::Set {
+                    key: Arc::from(full.as_str()),
+                    token,
+                    ttl_ms: ttl_ms(window),
+                    holder: Some(Arc::downgrade(&holder)),
+                };
                 let inflight = InFlight::new(inner.masters.len());
-                let round = fan_out_tracked(inner, budget, Some(&inflight), None, move |mut c| {
-                    let cmd = cmd.clone();
-                    async move { Ok(cmd.query_async::<Option<String>>(&mut c).await?.is_some()) }
-                });
+                let round = fan_out_op(inner, budget, Some(&inflight), None, op);
                 let t = tally(inner, round, Stop::Decided, |b| *b).await;
                 if t.yes >= inner.quorum {
                     debug!("won the window");
+                    // The key is ours for the window: a late grant of an
+                    // earlier attempt (same token) must not delete it.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(window).await;
+                        drop(holder);
+                    });
                     return Ok(true);
                 }
                 // Undo our partial grants before looking, so they cannot block a winner.

@@ -158,7 +158,9 @@ fn compose_stack_is_consistent() {
         .map(str::to_owned)
         .collect();
     assert_eq!(urls.len(), 3, "{urls:?}");
-    LockConfig::new(urls.clone()).validate().unwrap();
+    LockConfig::new(urls.iter().map(|u| u.parse().unwrap()).collect())
+        .validate()
+        .unwrap();
     let mut hosts = BTreeSet::new();
     for u in &urls {
         let host = url::Url::parse(u).unwrap().host_str().unwrap().to_owned();
@@ -564,7 +566,9 @@ fn kubernetes_manifests_are_consistent() {
     for m in &masters {
         assert!(url::Url::parse(m).unwrap().password().is_some(), "{m}");
     }
-    LockConfig::new(masters).validate().unwrap();
+    LockConfig::new(masters.iter().map(|m| m.parse().unwrap()).collect())
+        .validate()
+        .unwrap();
 
     // The worker Deployment.
     let dep = k.one("Deployment");
@@ -672,9 +676,11 @@ async fn kubernetes_configmap_starts_a_ready_worker() {
 /// Sample names a scrape can contain, by family type, from the exposition
 /// the worker serves (the same `Metrics` it renders at `/metrics`).
 async fn exposed_samples() -> (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) {
-    let locks = herald::lock::Redlock::new(LockConfig::new(vec!["redis://127.0.0.1:1".into()]))
-        .await
-        .unwrap();
+    let locks = herald::lock::Redlock::new(LockConfig::new(vec!["redis://127.0.0.1:1"
+        .parse()
+        .unwrap()]))
+    .await
+    .unwrap();
     let metrics = herald::metrics::Metrics::with_redlock(&locks);
     metrics
         .cleanup_skipped

@@ -8,6 +8,7 @@ mod faults;
 mod foundation;
 mod helpers;
 mod lock;
+mod lock_faults;
 mod mariadb_proc;
 mod policy;
 mod receiver;

@@ -1,11 +1,14 @@
 //! Real `redis-server` processes for tests, on free ports, killed on drop.
+//! Started by the same code as the benchmark's (`herald::bench::redis_servers`).
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use herald::bench::redis_servers;
 
 /// One redis-server process. Pause/resume use SIGSTOP/SIGCONT, so a paused
 /// server still accepts TCP connections but never answers: a hung master.
@@ -18,11 +21,7 @@ pub struct RedisProc {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    redis_servers::free_port().unwrap()
 }
 
 impl RedisProc {
@@ -44,20 +43,10 @@ impl RedisProc {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
+        let child = redis_servers::spawn(self.port, self.dir.path(), &self.extra)
+            .expect("redis-server must be installed and start");
         self.child = Some(child);
         self.paused = false;
-        self.wait_ready(Duration::from_secs(10));
     }
 
     pub fn url(&self) -> String {
@@ -69,12 +58,8 @@ impl RedisProc {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.pid()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
+        let pid = self.child.as_ref().expect("running").id();
+        redis_servers::signal(pid, sig).unwrap();
     }
 
     /// SIGSTOP: the port stays open, nothing answers.
@@ -119,30 +104,6 @@ impl RedisProc {
         let mut buf = [0u8; 65536];
         let n = s.read(&mut buf).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    fn wait_ready(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut buf = [0u8; 64];
-                // An ACL-protected server answers NOAUTH, which also means "up".
-                if s.write_all(b"PING\r\n").is_ok() {
-                    if let Ok(n) = s.read(&mut buf) {
-                        if n > 0 {
-                            return;
-                        }
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 }
 

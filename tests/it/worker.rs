@@ -780,7 +780,7 @@ async fn rows_locked_elsewhere_are_skipped_without_spinning_then_sent() {
     // Another owner (a stalled instance, say) holds every due row's key.
     let other = Redlock::new(LockConfig {
         key_prefix: prefix.clone(),
-        ..LockConfig::new(vec![redis.url()])
+        ..LockConfig::new(vec![herald::secret::SecretUrl::parse(&redis.url()).unwrap()])
     })
     .await
     .unwrap();

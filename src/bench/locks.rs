@@ -7,8 +7,6 @@
 //! kills them afterwards); the hung-master phase needs those, because it has
 //! to stop a server process.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use super::{LockConfig, Redlock, Token};
+use super::redis_servers::LocalRedis;
+use crate::lock::{LockConfig, LockMetricsSnapshot, Redlock, Token};
+use crate::secret::SecretUrl;
 
 /// Knobs of [`run_lock_bench`].
 #[derive(Debug, Clone)]
@@ -96,64 +96,11 @@ pub struct HungReport {
     pub hung_master_breaker_rejections: u64,
 }
 
-/// A local redis-server for the benchmark, killed on drop.
-struct LocalRedis {
-    port: u16,
-    child: Child,
-}
-
-impl LocalRedis {
-    fn start() -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server (is it installed?)")?;
-        let me = Self { port, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("redis-server on port {port} did not start");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(me)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()?
-            .success();
-        if !ok {
-            bail!("kill {sig} failed");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for LocalRedis {
-    fn drop(&mut self) {
-        let _ = self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs all phases against `urls`, or against three local masters it starts
 /// itself when `urls` is empty. Keys live under a random prefix and are
 /// released; nothing else on the masters is touched.
 pub async fn run_lock_bench(
-    urls: Vec<String>,
+    urls: Vec<SecretUrl>,
     opts: LockBenchOpts,
 ) -> anyhow::Result<LockBenchReport> {
     let load_avg_1m = std::fs::read_to_string("/proc/loadavg")
@@ -162,14 +109,17 @@ pub async fn run_lock_bench(
     let own: Vec<LocalRedis> = if urls.is_empty() {
         (0..3)
             .map(|_| LocalRedis::start())
-            .collect::<anyhow::Result<_>>()?
+            .collect::<std::io::Result<_>>()
+            .context("starting local redis-server masters")?
     } else {
         Vec::new()
     };
     let urls = if own.is_empty() {
         urls
     } else {
-        own.iter().map(LocalRedis::url).collect()
+        own.iter()
+            .map(|r| SecretUrl::parse(&r.url()).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?
     };
     let prefix = format!("bench-{}:", &Token::random()?.to_hex()[..12]);
     let cfg = LockConfig {
@@ -274,7 +224,7 @@ pub async fn run_lock_bench(
     let healthy_timeouts = healthy.masters.iter().map(|m| m.timeouts).sum();
     let healthy_errors = healthy.masters.iter().map(|m| m.errors).sum();
     let (hung, hung_nb) = if own.len() == 3 {
-        own[2].signal("-STOP")?;
+        own[2].pause()?;
         let with_breaker = hung_phase(&rl, "h1", ttl, opts.hung_samples).await;
         let no_breaker = Redlock::new(LockConfig {
             breaker_failures: u32::MAX,
@@ -285,7 +235,7 @@ pub async fn run_lock_bench(
         // This instance meets the third master already hung, as a freshly
         // started process would.
         let without = hung_phase(&no_breaker, "h2", ttl, opts.hung_samples).await;
-        own[2].signal("-CONT")?;
+        own[2].resume()?;
         (Some(with_breaker), Some(without))
     } else {
         (None, None)
@@ -320,11 +270,6 @@ async fn cycle(rl: &Redlock, key: &str, ttl: Duration) -> bool {
     }
 }
 
-/// Same as [`run_lock_bench`] (the name the CLI wiring may prefer).
-pub async fn run(urls: Vec<String>, opts: LockBenchOpts) -> anyhow::Result<LockBenchReport> {
-    run_lock_bench(urls, opts).await
-}
-
 async fn hung_phase(rl: &Redlock, tag: &str, ttl: Duration, samples: usize) -> HungReport {
     let before = rl.metrics().snapshot();
     let mut lat = Vec::with_capacity(samples);
@@ -346,7 +291,7 @@ async fn hung_phase(rl: &Redlock, tag: &str, ttl: Duration, samples: usize) -> H
         lat.get(idx).map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
     let after = rl.metrics().snapshot();
-    let hung = |s: &super::LockMetricsSnapshot| {
+    let hung = |s: &LockMetricsSnapshot| {
         s.masters
             .get(2)
             .map_or((0, 0), |m| (m.timeouts, m.breaker_rejections))
