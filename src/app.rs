@@ -97,13 +97,31 @@ impl App {
         if self.deps.transports.has_unsigned_webhooks() {
             tracing::warn!("HERALD_WEBHOOK_SECRET is not set: webhooks go out unsigned");
         }
+        let masters: Vec<String> = self
+            .settings
+            .redis_urls
+            .iter()
+            .map(|u| u.redacted())
+            .collect();
+        let channels: Vec<String> = self
+            .deps
+            .transports
+            .describe()
+            .into_iter()
+            .map(|(channel, kind)| format!("{channel}={kind}"))
+            .collect();
+        // Values, not Debug dumps, and every URL through the one redaction:
+        // this line is what an operator reads to see what a worker talks to.
         tracing::info!(
             worker_id = %self.config.worker_id,
-            regions = ?self.settings.regions,
+            database = %self.settings.database_url,
+            redis_masters = %masters.join(","),
+            channels = %channels.join(","),
+            regions = %self.settings.regions.join(","),
             concurrency = self.config.concurrency,
             batch_size = self.config.batch_size,
-            lock_scope = ?self.config.lock_scope,
-            masters = self.deps.redlock.masters(),
+            lock_scope = self.config.lock_scope.as_str(),
+            retry_schedule = %self.config.retry.schedule,
             "worker starting"
         );
         let worker = Worker::new(

@@ -19,8 +19,9 @@ use super::report::{round, Report};
 use super::workload::{self, BenchDb};
 use super::Params;
 use crate::config::Settings;
-use crate::store::claim::{self, Finish};
+use crate::store::finish::{self, Finish};
 use crate::store::Store;
+use crate::store::{candidates, claim};
 
 /// Rows per claim, as a worker with the default batch size claims them.
 const BATCH: usize = 1000;
@@ -136,7 +137,7 @@ async fn stream(store: &Store, regions: &[String], batches: &[Vec<u64>]) -> anyh
     for ids in batches {
         let token: [u8; 16] = rand::random();
         let t = Instant::now();
-        claim::candidates(pool, regions, ids.len(), None).await?;
+        candidates::candidates(pool, regions, ids.len(), None).await?;
         p.candidates += t.elapsed();
         let t = Instant::now();
         claim::claim(pool, ids, regions, &token, "ceiling", LEASE_US).await?;
@@ -147,7 +148,7 @@ async fn stream(store: &Store, regions: &[String], batches: &[Vec<u64>]) -> anyh
         let t = Instant::now();
         for chunk in ids.chunks(FINISH_CHUNK) {
             let rows: Vec<(u64, Finish)> = chunk.iter().map(|&id| (id, Finish::Sent)).collect();
-            claim::finish(pool, &token, &rows).await?;
+            finish::finish(pool, &token, &rows).await?;
         }
         p.finish += t.elapsed();
     }

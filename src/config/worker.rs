@@ -22,6 +22,16 @@ pub enum LockScope {
     User,
 }
 
+impl LockScope {
+    /// The setting's value, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockScope::Item => "item",
+            LockScope::User => "user",
+        }
+    }
+}
+
 /// `herald worker` settings.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {

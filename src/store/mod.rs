@@ -7,8 +7,12 @@
 //! * [`connect`] — opens connections and names why one could not be opened.
 //! * [`migrate`] — creates the database and applies the embedded migrations.
 //! * [`enqueue`] — validated, batched, idempotent inserts.
-//! * [`claim`] — the candidate, claim, finish and hand-back statements of the
-//!   delivery protocol.
+//! * [`candidates`] — the due rows (protocol step 1).
+//! * [`claim`] — the fenced claim and the read-back (step 3).
+//! * [`finish`] — the outcome writes, each fenced by the claim (step 5),
+//!   and the isolated `failed` write of a row nothing else can write.
+//! * `guarded` — statements that never wait for rows another transaction
+//!   holds, and which errors are about one row.
 //! * [`status`] — counts by status, backlog and lag.
 //! * [`prune`] — the cleanup task's gated, batched deletes.
 //! * `literal` — safe SQL literals for the hot statements sent as text.
@@ -16,13 +20,18 @@
 //! All time comparisons use the database clock (`UTC_TIMESTAMP(6)`), so
 //! instances whose clocks drift still agree on when a lease expired.
 
+pub mod candidates;
 pub mod claim;
 pub mod connect;
 pub mod enqueue;
+pub mod finish;
+mod guarded;
 mod literal;
 pub mod migrate;
 pub mod prune;
 pub mod status;
+
+pub use guarded::is_row_error;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -18,7 +18,7 @@ use super::job::{ClaimBatch, Done};
 use super::Shared;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
-use crate::store::claim::{self, Finish, FinishCounts};
+use crate::store::finish::{self as store_finish, Finish, FinishCounts};
 
 /// Most rows written in one round.
 const MAX_ROUND: usize = 2_000;
@@ -225,28 +225,28 @@ async fn finish_isolating(
     let mut busy = Vec::new();
     let mut parts: Vec<&[(u64, Finish)]> = vec![rows];
     while let Some(part) = parts.pop() {
-        match claim::finish_rows(pool, token, part).await {
+        match store_finish::finish_rows(pool, token, part).await {
             Ok((c, b)) => {
                 busy.extend(b);
                 total.merge(&c);
             }
-            Err(e) if claim::is_row_error(&e) && part.len() > 1 => {
+            Err(e) if crate::store::is_row_error(&e) && part.len() > 1 => {
                 let (a, b) = part.split_at(part.len() / 2);
                 parts.push(b);
                 parts.push(a);
             }
-            Err(e) if claim::is_row_error(&e) => {
+            Err(e) if crate::store::is_row_error(&e) => {
                 let (id, finish) = &part[0];
                 let reason = format!("recording the outcome ({finish:?}) failed: {e}");
                 tracing::warn!(id, reason = %reason, "row cannot be finished; marking it failed");
-                if claim::mark_failed(pool, *id, Some(token), &reason).await? {
+                if store_finish::mark_failed(pool, *id, Some(token), &reason).await? {
                     total.add(Outcome::Failed, 1);
                 } else {
                     total.add(Outcome::Lost, 1);
                 }
             }
             // Parts already written are recognised as done when the whole
-            // write is retried (see `claim::finish_rows`).
+            // write is retried (see `store::finish::finish_rows`).
             Err(e) => return Err(e),
         }
     }

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 
 use crate::lock::BatchLock;
 use crate::outcome::AtomicCounts;
-use crate::store::claim::{ClaimedRead, Finish};
+use crate::store::claim::ClaimedRead;
+use crate::store::finish::Finish;
 
 /// Rows of one poll round that were locked and claimed together: they share
 /// the lock (one token) and one log line when the last of them finishes.

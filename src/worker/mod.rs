@@ -21,7 +21,7 @@
 //! * `job` — the types the three tasks hand each other (`ClaimBatch`,
 //!   `Job`, `Done`); below all three, so they never import each other.
 //! * [`send`] — one delivery: checks, permit, lock validity, transport,
-//!   and the [`crate::store::claim::Finish`] it results in.
+//!   and the [`crate::store::finish::Finish`] it results in.
 //! * [`finish`] — batched outcome writes, rows locked elsewhere written
 //!   again shortly, counters by [`crate::outcome::Outcome`], key release.
 //! * [`backoff`] — retry delays and idle poll back-off.
@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
-use crate::outcome::{AtomicCounts, Counts};
+use crate::outcome::{AtomicCounts, Counts, Outcome};
 
 pub use crate::services::Deps;
 
@@ -140,7 +140,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn drop_skipped(&self, candidates: &mut Vec<crate::store::claim::Candidate>) {
+    pub(crate) fn drop_skipped(&self, candidates: &mut Vec<crate::store::candidates::Candidate>) {
         let skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
         let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         if !skipped.is_empty() || !busy.is_empty() {
@@ -325,7 +325,17 @@ impl Worker {
         if let Err(e) = finisher.await {
             tracing::error!(error = %e, "finisher task failed");
         }
-        tracing::info!(?totals, "worker stopped");
+        let count = |o| totals.outcomes[o];
+        tracing::info!(
+            claimed = totals.claimed,
+            sent = count(Outcome::Sent),
+            retried = count(Outcome::Retried),
+            failed = count(Outcome::Failed),
+            expired = count(Outcome::Expired),
+            handed_back = count(Outcome::HandedBack),
+            lost = count(Outcome::Lost),
+            "worker stopped"
+        );
         totals
     }
 }

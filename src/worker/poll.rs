@@ -15,7 +15,9 @@ use super::spread::Spreader;
 use super::{wait_for, Shared};
 use crate::config::LockScope;
 use crate::lock::BatchLock;
-use crate::store::claim::{self, Candidate, ClaimedRead};
+use crate::store::candidates::{self, Candidate, Slice};
+use crate::store::claim::{self, ClaimedRead};
+use crate::store::finish;
 
 const MAX_WINDOW: usize = 10_000;
 
@@ -139,7 +141,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 async fn poll_once(
     shared: &Arc<Shared>,
     want: usize,
-    slice: Option<claim::Slice>,
+    slice: Option<Slice>,
 ) -> anyhow::Result<Round> {
     let started = Instant::now();
     let candidates = read_candidates(shared, want, slice).await?;
@@ -168,11 +170,11 @@ async fn poll_once(
 async fn read_candidates(
     shared: &Shared,
     want: usize,
-    slice: Option<claim::Slice>,
+    slice: Option<Slice>,
 ) -> anyhow::Result<Vec<Candidate>> {
     let window = (want + shared.busy_count()).min(MAX_WINDOW);
     let mut candidates =
-        claim::candidates(shared.deps.store.pool(), &shared.regions, window, slice)
+        candidates::candidates(shared.deps.store.pool(), &shared.regions, window, slice)
             .await
             .context("reading due candidates")?;
     shared.drop_skipped(&mut candidates);
@@ -367,16 +369,16 @@ async fn claim_isolating(
         .await
         {
             Ok(rows) => out.extend(rows),
-            Err(e) if claim::is_row_error(&e) && part.len() > 1 => {
+            Err(e) if crate::store::is_row_error(&e) && part.len() > 1 => {
                 let (a, b) = part.split_at(part.len() / 2);
                 parts.push(b.to_vec());
                 parts.push(a.to_vec());
             }
-            Err(e) if claim::is_row_error(&e) => {
+            Err(e) if crate::store::is_row_error(&e) => {
                 let id = part[0];
                 let reason = format!("claiming the row failed: {e}");
                 shared.skip_row(id);
-                match claim::mark_failed(pool, id, None, &reason).await {
+                match finish::mark_failed(pool, id, None, &reason).await {
                     Ok(_) => {
                         tracing::warn!(id, reason = %reason, "row cannot be claimed; marked failed")
                     }

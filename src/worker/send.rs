@@ -9,7 +9,8 @@ use chrono::Utc;
 use super::job::{ClaimBatch, Done, Job};
 use super::Shared;
 use super::{PAYLOAD_BUDGET_KIB, PAYLOAD_COPIES};
-use crate::store::claim::{self, Finish, INLINE_PAYLOAD_MAX};
+use crate::store::claim::{self, INLINE_PAYLOAD_MAX};
+use crate::store::finish::Finish;
 use crate::transport::{Delivery, SendOutcome};
 
 /// Item scope: one row, its own lock key released when it is finished.

@@ -15,7 +15,7 @@
 use rand::Rng;
 
 use crate::config::LockScope;
-use crate::store::claim::Slice;
+use crate::store::candidates::Slice;
 
 const MAX_SLICES: u32 = 16;
 /// Polls without contention before the slice count halves.

@@ -374,7 +374,7 @@ async fn a_worker_stalled_past_its_lock_changes_nothing_when_it_resumes() {
     let lost: u64 = logs
         .lines()
         .filter(|l| l.contains("worker stopped"))
-        .find_map(|l| l.split("lost: ").nth(1))
+        .find_map(|l| l.split("lost=").nth(1))
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no totals in the stalled worker's log:\n{logs}"));

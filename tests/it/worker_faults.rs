@@ -13,8 +13,9 @@ use crate::helpers::*;
 use crate::receiver::Receiver;
 use herald::notification::{Limits, NewNotification};
 use herald::outcome::Outcome;
-use herald::store::claim::{self, Finish, FinishCounts};
+use herald::store::claim;
 use herald::store::enqueue::enqueue_batch;
+use herald::store::finish::{self, Finish, FinishCounts};
 
 /// Enqueues `n` due webhook rows, one user each.
 async fn enqueue(db: &TestDb, n: u64) {
@@ -287,9 +288,9 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
     want.add(Outcome::Retried, 1);
     want.add(Outcome::Failed, 1);
     want.add(Outcome::HandedBack, 1);
-    assert_eq!(claim::finish(pool, &token, &finishes).await.unwrap(), want);
+    assert_eq!(finish::finish(pool, &token, &finishes).await.unwrap(), want);
     assert_eq!(
-        claim::finish(pool, &token, &finishes).await.unwrap(),
+        finish::finish(pool, &token, &finishes).await.unwrap(),
         want,
         "the retry recognises its own earlier write"
     );
@@ -300,7 +301,7 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
         ids[6]
     ))
     .await;
-    let c = claim::finish(
+    let c = finish::finish(
         pool,
         &token,
         &[(ids[6], Finish::Sent), (ids[7], Finish::Sent)],
@@ -341,7 +342,7 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
     .unwrap();
     let both = [(ids[6], Finish::Sent), (ids[7], Finish::Sent)];
     let t = Instant::now();
-    let (c, busy) = claim::finish_rows(pool, &token2, &both).await.unwrap();
+    let (c, busy) = finish::finish_rows(pool, &token2, &both).await.unwrap();
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "took {:?}",
@@ -352,7 +353,9 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
         (1, 0, vec![ids[6]])
     );
     sqlx::raw_sql("COMMIT").execute(&mut foreign).await.unwrap();
-    let (c, busy) = claim::finish_rows(pool, &token2, &both[..1]).await.unwrap();
+    let (c, busy) = finish::finish_rows(pool, &token2, &both[..1])
+        .await
+        .unwrap();
     assert_eq!((c[Outcome::Sent], c[Outcome::Lost], busy.len()), (1, 0, 0));
 }
 

@@ -1,0 +1,102 @@
+//! Step 1 of the delivery protocol (docs/design.md): the due candidates.
+//!
+//! While a row is claimed its `due_at` equals `lease_until`. That lets one
+//! index range (`region, status, due_at`) serve both halves of the candidate
+//! condition: pending rows that are due, and sending rows whose lease
+//! expired (their worker crashed).
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlPool, Row};
+use std::fmt::Write;
+
+use super::literal;
+
+/// A row that may be claimed, as read from the covering index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: u64,
+    pub user_id: u64,
+    pub due_at: DateTime<Utc>,
+}
+
+/// Consecutive ids that fall into the same slice. Slicing single ids
+/// (`MOD(id, n)`) spread every claim and finish over n times as many table
+/// pages, each page then touched by n different statements; blocks of about
+/// one page keep a batch's rows together. In alternating S1 runs this was
+/// ~10 % faster (9 pairs: 35,500 vs 32,300/s on average).
+pub const SLICE_BLOCK: u64 = 128;
+
+/// A slice of the candidates: rows whose id block (`id DIV SLICE_BLOCK`),
+/// or user id in user lock scope, is `index` modulo `count`. Instances that
+/// poll at the same time mostly read different slices, so they do not all
+/// lock the same oldest rows; the condition is
+/// evaluated on the covering index, so a slice costs the database no row
+/// reads and sends nothing over the wire for the rows it skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub count: u32,
+    pub index: u32,
+    /// Slice by `user_id` (user lock scope keeps a user's rows together).
+    pub by_user: bool,
+}
+
+/// Due candidates of the given regions, oldest first, at most `limit`.
+///
+/// A non-locking read: nothing is held between this and the claim, so
+/// instances never block each other here. One index range per (region,
+/// status) part, merged in memory.
+pub async fn candidates(
+    pool: &MySqlPool,
+    regions: &[String],
+    limit: usize,
+    slice: Option<Slice>,
+) -> Result<Vec<Candidate>, sqlx::Error> {
+    let mut sql = String::with_capacity(256 * regions.len());
+    let mut first = true;
+    for region in regions {
+        for status in ["pending", "sending"] {
+            if !first {
+                sql.push_str(" UNION ALL ");
+            }
+            first = false;
+            sql.push_str("(SELECT id, user_id, due_at FROM notifications WHERE region = ");
+            literal::text(&mut sql, region);
+            let _ = write!(
+                sql,
+                " AND status = '{status}' AND due_at <= UTC_TIMESTAMP(6)"
+            );
+            if let Some(sl) = slice.filter(|sl| sl.count > 1) {
+                let column = if sl.by_user {
+                    "user_id".to_owned()
+                } else {
+                    format!("id DIV {SLICE_BLOCK}")
+                };
+                let _ = write!(
+                    sql,
+                    " AND MOD({column}, {}) = {}",
+                    sl.count,
+                    sl.index % sl.count
+                );
+            }
+            let _ = write!(sql, " ORDER BY due_at, id LIMIT {limit})");
+        }
+    }
+    let rows = sqlx::raw_sql(&sql).fetch_all(pool).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // A due_at another service wrote badly (a zero date) must not make
+        // every poll fail: treat it as due now; the claimed row then fails
+        // on its own with the reason.
+        let due_at = row
+            .try_get::<DateTime<Utc>, _>("due_at")
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        out.push(Candidate {
+            id: row.try_get("id")?,
+            user_id: row.try_get("user_id")?,
+            due_at,
+        });
+    }
+    out.sort_by_key(|c| (c.due_at, c.id));
+    out.truncate(limit);
+    Ok(out)
+}
