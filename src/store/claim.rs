@@ -8,7 +8,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{Executor, MySqlPool, Row};
 use std::fmt::Write;
 
-use super::guarded::{all_or_nothing, lock_free};
+use super::guarded::{fast_path, lock_free, ForeignLocks};
 use super::literal;
 use crate::notification::ClaimedRow;
 
@@ -31,7 +31,7 @@ pub async fn claim(
         worker_id,
         lease_us,
     };
-    Ok(claim.run(pool, false).await?.0)
+    Ok(claim.run(pool, false, &ForeignLocks::default()).await?.0)
 }
 
 /// Claims the rows among `ids` that are still available, fenced by `token`,
@@ -67,6 +67,7 @@ pub async fn claim_rows(
     token: &[u8; 16],
     worker_id: &str,
     lease_us: i64,
+    foreign: &ForeignLocks,
 ) -> Result<Vec<ClaimedRead>, sqlx::Error> {
     let claim = Claim {
         ids,
@@ -75,7 +76,7 @@ pub async fn claim_rows(
         worker_id,
         lease_us,
     };
-    Ok(claim.run(pool, true).await?.1)
+    Ok(claim.run(pool, true, foreign).await?.1)
 }
 
 struct Claim<'a> {
@@ -103,13 +104,14 @@ impl Claim<'_> {
         &self,
         pool: &MySqlPool,
         read_back: bool,
+        foreign: &ForeignLocks,
     ) -> Result<(u64, Vec<ClaimedRead>), sqlx::Error> {
         if self.ids.is_empty() {
             return Ok((0, Vec::new()));
         }
         // Usually no row is locked elsewhere: one round trip does it all.
         let then = self.then_sql(self.ids, read_back);
-        if let Some(rows) = all_or_nothing(pool, &then).await? {
+        if let Some(rows) = fast_path(pool, &then, foreign).await? {
             return Ok(self.result(rows, read_back));
         }
         let mut cond = String::with_capacity(self.ids.len() * 8 + 256);

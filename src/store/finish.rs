@@ -7,7 +7,7 @@
 
 use sqlx::{Executor, MySqlPool, Row};
 
-use super::guarded::{all_or_nothing, is_row_error, lock_free};
+use super::guarded::{fast_path, is_row_error, lock_free, ForeignLocks};
 use super::literal;
 use crate::outcome::{Counts, Outcome};
 
@@ -89,7 +89,9 @@ pub async fn finish(
     token: &[u8; 16],
     rows: &[(u64, Finish)],
 ) -> Result<FinishCounts, sqlx::Error> {
-    Ok(finish_rows(pool, token, rows).await?.0)
+    Ok(finish_rows(pool, token, rows, &ForeignLocks::default())
+        .await?
+        .0)
 }
 
 /// Applies finishes for rows claimed under one token.
@@ -105,6 +107,7 @@ pub async fn finish_rows(
     pool: &MySqlPool,
     token: &[u8; 16],
     rows: &[(u64, Finish)],
+    foreign: &ForeignLocks,
 ) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
     let mut counts = FinishCounts::default();
     if rows.is_empty() {
@@ -121,7 +124,7 @@ pub async fn finish_rows(
         // The common case, in one round trip when nothing is locked
         // elsewhere.
         let then = sent_sql(&ids, token) + "; SELECT ROW_COUNT()";
-        if let Some(r) = all_or_nothing(pool, &then).await? {
+        if let Some(r) = fast_path(pool, &then, foreign).await? {
             let n = r
                 .first()
                 .and_then(|r| r.try_get::<i64, _>(0).ok())

@@ -31,7 +31,7 @@ pub mod migrate;
 pub mod prune;
 pub mod status;
 
-pub use guarded::is_row_error;
+pub use guarded::{is_row_error, ForeignLocks};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -102,7 +102,12 @@ async fn write_group(shared: &Shared, g: Group) {
         attempt += 1;
         // A database that hangs (rather than fails) must not hold the rows
         // and their send slots forever: bound each attempt.
-        let write = finish_isolating(shared.deps.store.pool(), &token, &g.rows);
+        let write = finish_isolating(
+            shared.deps.store.pool(),
+            &token,
+            &g.rows,
+            &shared.finish_foreign_locks,
+        );
         let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
@@ -220,12 +225,13 @@ async fn finish_isolating(
     pool: &sqlx::MySqlPool,
     token: &[u8; 16],
     rows: &[(u64, Finish)],
+    foreign: &crate::store::ForeignLocks,
 ) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
     let mut total = FinishCounts::default();
     let mut busy = Vec::new();
     let mut parts: Vec<&[(u64, Finish)]> = vec![rows];
     while let Some(part) = parts.pop() {
-        match store_finish::finish_rows(pool, token, part).await {
+        match store_finish::finish_rows(pool, token, part, foreign).await {
             Ok((c, b)) => {
                 busy.extend(b);
                 total.merge(&c);

@@ -129,6 +129,12 @@ pub(crate) struct Shared {
     /// Since when polls have failed without a success in between, and the
     /// last error; `/readyz` reports it once it lasts.
     pub poll_failing: Mutex<Option<(Instant, String)>>,
+    /// Whether claims lately met rows another transaction holds (then
+    /// they go straight to the skip-locked path for a while).
+    pub claim_foreign_locks: crate::store::ForeignLocks,
+    /// The same for finishes, apart: claims meet foreign locks on pending
+    /// rows, which says nothing about the rows a finish writes.
+    pub finish_foreign_locks: crate::store::ForeignLocks,
 }
 
 impl Shared {
@@ -281,6 +287,8 @@ impl Worker {
             skipped: Mutex::new(HashSet::new()),
             busy: Mutex::new(HashMap::new()),
             poll_failing: Mutex::new(None),
+            claim_foreign_locks: Default::default(),
+            finish_foreign_locks: Default::default(),
         });
         Worker { shared, finish_rx }
     }

@@ -365,6 +365,7 @@ async fn claim_isolating(
             &token,
             &cfg.worker_id,
             lease_us,
+            &shared.claim_foreign_locks,
         )
         .await
         {

@@ -264,9 +264,17 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
         .unwrap();
     let regions = vec!["default".to_owned()];
     let token: [u8; 16] = rand::random();
-    let rows = claim::claim_rows(pool, &ids, &regions, &token, "t", 60_000_000)
-        .await
-        .unwrap();
+    let rows = claim::claim_rows(
+        pool,
+        &ids,
+        &regions,
+        &token,
+        "t",
+        60_000_000,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(rows.len(), 8);
 
     let finishes: Vec<(u64, Finish)> = vec![
@@ -328,9 +336,17 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
     ))
     .await;
     let two = [ids[6], ids[7]];
-    let rows = claim::claim_rows(pool, &two, &regions, &token2, "t", 60_000_000)
-        .await
-        .unwrap();
+    let rows = claim::claim_rows(
+        pool,
+        &two,
+        &regions,
+        &token2,
+        "t",
+        60_000_000,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(rows.len(), 2);
     let mut foreign = sqlx::MySqlConnection::connect(&db.url_str()).await.unwrap();
     sqlx::raw_sql(&format!(
@@ -342,7 +358,9 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
     .unwrap();
     let both = [(ids[6], Finish::Sent), (ids[7], Finish::Sent)];
     let t = Instant::now();
-    let (c, busy) = finish::finish_rows(pool, &token2, &both).await.unwrap();
+    let (c, busy) = finish::finish_rows(pool, &token2, &both, &Default::default())
+        .await
+        .unwrap();
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "took {:?}",
@@ -353,7 +371,7 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
         (1, 0, vec![ids[6]])
     );
     sqlx::raw_sql("COMMIT").execute(&mut foreign).await.unwrap();
-    let (c, busy) = finish::finish_rows(pool, &token2, &both[..1])
+    let (c, busy) = finish::finish_rows(pool, &token2, &both[..1], &Default::default())
         .await
         .unwrap();
     assert_eq!((c[Outcome::Sent], c[Outcome::Lost], busy.len()), (1, 0, 0));
