@@ -120,7 +120,7 @@ impl App {
             regions = %self.settings.regions.join(","),
             concurrency = self.config.concurrency,
             batch_size = self.config.batch_size,
-            lock_scope = self.config.lock_scope.as_str(),
+            lock_scope = %self.config.lock_scope.as_str(),
             retry_schedule = %self.config.retry.schedule,
             "worker starting"
         );
