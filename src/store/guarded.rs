@@ -73,7 +73,7 @@ pub(super) async fn lock_free(
 /// every batch meets one, and the one-round-trip path then fails after
 /// doing (and undoing) most of its work before the locking read runs: in a
 /// release build that cost a third of the drain rate. So after a statement
-/// met a foreign lock, the next ones go straight to [`lock_free`] for
+/// met a foreign lock, the next ones go straight to the skip-locked path for
 /// [`ForeignLocks::MEMORY`]; then the fast path is tried again.
 #[derive(Debug, Default)]
 pub struct ForeignLocks {

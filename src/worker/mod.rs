@@ -24,9 +24,8 @@
 //!   and the [`crate::store::finish::Finish`] it results in.
 //! * [`finish`] — batched outcome writes, rows locked elsewhere written
 //!   again shortly, counters by [`crate::outcome::Outcome`], key release.
-//! * [`backoff`] — retry delays and idle poll back-off.
+//! * [`backoff`] — idle poll back-off (retry delays: [`crate::policy`]).
 //! * `spread` — which slice of the candidates each round reads.
-//! * [`process`] — signals in, exit code out, for `herald worker`.
 //! * this file — [`Worker`], its [`WorkerHandle`] and the state the tasks
 //!   share (`Shared`: in-flight count and gauge, skipped and busy rows,
 //!   poll failures for `/readyz`).
