@@ -13,11 +13,13 @@ use crate::redis_procs::{Masters, RedisProc};
 
 const MASTER_TIMEOUT: Duration = Duration::from_millis(50);
 
-fn prefix() -> String {
+pub(crate) fn prefix() -> String {
     format!("t-{}:", &Token::random().unwrap().to_hex()[..12])
 }
 
-fn config(urls: Vec<String>, prefix: &str) -> LockConfig {
+/// Test masters' settings: a short timeout and a quick breaker, so faults
+/// show within a test's time.
+pub(crate) fn config(urls: Vec<String>, prefix: &str) -> LockConfig {
     LockConfig {
         masters: urls
             .iter()

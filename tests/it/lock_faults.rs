@@ -3,27 +3,18 @@
 
 use std::time::Duration;
 
-use herald::lock::{LockConfig, LockError, Redlock, Token};
+use herald::lock::{LockConfig, LockError, Redlock};
 
 use crate::helpers::wait_until;
+use crate::lock::prefix;
 use crate::redis_procs::Masters;
 
-fn prefix() -> String {
-    format!("tf-{}:", &Token::random().unwrap().to_hex()[..12])
-}
-
+/// The lock tests' settings with one connection per master, so a stalled
+/// master's queued requests are easy to reason about.
 fn config(urls: Vec<String>, prefix: &str) -> LockConfig {
     LockConfig {
-        masters: urls
-            .iter()
-            .map(|u| herald::secret::SecretUrl::parse(u).unwrap())
-            .collect(),
-        key_prefix: prefix.to_owned(),
-        master_timeout: Duration::from_millis(50),
         pool_size: 1,
-        breaker_failures: 3,
-        breaker_cooldown: Duration::from_millis(300),
-        ..LockConfig::default()
+        ..crate::lock::config(urls, prefix)
     }
 }
 

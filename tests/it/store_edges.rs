@@ -281,20 +281,7 @@ async fn a_key_another_writer_commits_during_the_insert_counts_as_a_duplicate() 
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let name = db.db.name.clone();
-    wait_until(
-        "herald's INSERT to wait on the key",
-        Duration::from_secs(30),
-        || {
-            let sql = format!(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-             WHERE DB = '{name}' AND INFO LIKE 'INSERT INTO notifications (user_id%'"
-            );
-            let db = &db;
-            async move { db.scalar(&sql).await > 0 }
-        },
-    )
-    .await;
+    wait_for_waiting_insert(&db, "herald's INSERT to wait on the key").await;
     other.commit().await.unwrap();
     let out = wait_output(child, Duration::from_secs(30), "herald enqueue");
     let err = text(&out.stderr);
@@ -610,20 +597,7 @@ async fn the_library_reports_a_key_committed_during_its_insert_as_a_duplicate() 
         tx.commit().await.unwrap();
         res
     });
-    let name = db.db.name.clone();
-    wait_until(
-        "the library's INSERT to wait on the key",
-        Duration::from_secs(30),
-        || {
-            let sql = format!(
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-                 WHERE DB = '{name}' AND INFO LIKE 'INSERT INTO notifications (user_id%'"
-            );
-            let db = &db;
-            async move { db.scalar(&sql).await > 0 }
-        },
-    )
-    .await;
+    wait_for_waiting_insert(&db, "the library's INSERT to wait on the key").await;
     other.commit().await.unwrap();
     let res = tokio::time::timeout(Duration::from_secs(30), task)
         .await
@@ -643,4 +617,18 @@ async fn the_library_reports_a_key_committed_during_its_insert_as_a_duplicate() 
         ]
     );
     assert_eq!(db.scalar("SELECT COUNT(*) FROM notifications").await, 3);
+}
+
+/// Waits (with a deadline) until an `INSERT INTO notifications` of this
+/// test's database is waiting on a lock another transaction holds.
+async fn wait_for_waiting_insert(db: &TestDb, what: &str) {
+    let sql = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+         WHERE DB = '{}' AND INFO LIKE 'INSERT INTO notifications (user_id%'",
+        db.db.name
+    );
+    wait_until(what, Duration::from_secs(30), || async {
+        db.scalar(&sql).await > 0
+    })
+    .await;
 }
