@@ -732,7 +732,7 @@ async fn redis_masters_failing_and_returning_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_signal_exits_at_once() {
+async fn a_second_signal_exits_at_once_and_hands_claims_back() {
     require_redis().await;
     let db = TestDb::new().await;
     enqueue(&db, 20, 20, "default").await;
@@ -754,6 +754,7 @@ async fn a_second_signal_exits_at_once() {
         rcv.in_progress() >= 5
     })
     .await;
+    assert!(db.count_status("sending").await > 0);
     worker.signal("TERM");
     wait_until(
         "the first signal is acknowledged",
@@ -767,6 +768,15 @@ async fn a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(130), "{}", worker.logs());
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(worker.logs().contains("second signal"));
+    // Right after exit, before any lease could end: nothing left claimed.
+    assert_eq!(db.count_status("sending").await, 0, "{}", worker.logs());
+    assert_eq!(db.count_status("pending").await, 20);
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM notifications WHERE attempts <> 0")
+            .await,
+        0,
+        "cut-off sends do not count an attempt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

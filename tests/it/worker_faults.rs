@@ -377,53 +377,6 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
     assert_eq!((c[Outcome::Sent], c[Outcome::Lost], busy.len()), (1, 0, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_signal_hands_claims_back_before_exiting() {
-    require_redis().await;
-    let db = TestDb::new().await;
-    enqueue(&db, 20).await;
-    // Sends that would outlast any reasonable wait.
-    let rcv = Receiver::ok(Duration::from_secs(8)).await;
-    let prefix = key_prefix();
-    let mut worker = WorkerProc::spawn(
-        &db,
-        &prefix,
-        &env(
-            &rcv,
-            &[
-                ("HERALD_SHUTDOWN_GRACE_MS", "60000"),
-                ("HERALD_SEND_TIMEOUT_MS", "9000"),
-            ],
-        ),
-    );
-    wait_until("sends in flight", Duration::from_secs(30), || async {
-        rcv.in_progress() >= 5
-    })
-    .await;
-    assert!(db.count_status("sending").await > 0);
-    worker.signal("TERM");
-    wait_until(
-        "the first signal is acknowledged",
-        Duration::from_secs(10),
-        || async { worker.logs().contains("shutting down") },
-    )
-    .await;
-    let started = Instant::now();
-    worker.signal("TERM");
-    let status = worker.wait_exit(Duration::from_secs(5)).await;
-    assert_eq!(status.code(), Some(130), "{}", worker.logs());
-    assert!(started.elapsed() < Duration::from_secs(3));
-    // Right after exit, before any lease could end: nothing left claimed.
-    assert_eq!(db.count_status("sending").await, 0, "{}", worker.logs());
-    assert_eq!(db.count_status("pending").await, 20);
-    assert_eq!(
-        db.scalar("SELECT COUNT(*) FROM notifications WHERE attempts <> 0")
-            .await,
-        0,
-        "cut-off sends do not count an attempt"
-    );
-}
-
 /// The worker's peak resident memory in MiB (`VmHWM`).
 fn peak_rss_mib(w: &WorkerProc) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", w.child.id())).unwrap();
