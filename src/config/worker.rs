@@ -8,7 +8,7 @@ use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
 
 use crate::cleanup::config::{CleanupConfig, CleanupTaskArgs};
-use crate::policy::{RetryPolicy, RetrySchedule};
+use crate::policy::{ChannelPolicies, RetryPolicy, RetrySchedule};
 use crate::secret::SecretString;
 use crate::setting::ConfigError;
 use crate::transport::{TransportConfigError, TransportSettings};
@@ -145,6 +145,8 @@ pub struct WorkerConfig {
     pub send_timeout: Duration,
     /// When and how often a failed delivery is tried again.
     pub retry: RetryPolicy,
+    /// What a channel sets differently from the process-wide settings.
+    pub channel_policies: ChannelPolicies,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     pub cleanup: Option<CleanupConfig>,
@@ -246,6 +248,7 @@ impl WorkerArgs {
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             retry,
+            channel_policies: ChannelPolicies::default(),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             worker_id,
             cleanup: if self.cleanup.enabled {
