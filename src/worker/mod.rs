@@ -20,8 +20,11 @@
 //!   `dispatch`; plus `pick` and `claim_ahead`.
 //! * `job` — the types the three tasks hand each other (`ClaimBatch`,
 //!   `Job`, `Done`); below all three, so they never import each other.
-//! * [`send`] — one delivery: checks, permit, lock validity, transport,
-//!   and the [`crate::store::finish::Finish`] it results in.
+//! * [`send`] — one delivery: checks, the channel's policy (timeout,
+//!   schedule), permits, lock validity, transport, and the
+//!   [`crate::store::finish::Finish`] it results in.
+//! * `gate` — per-channel concurrency caps (`max_in_flight`), taken before
+//!   the process's send permits.
 //! * [`finish`] — batched outcome writes, rows locked elsewhere written
 //!   again shortly, counters by [`crate::outcome::Outcome`], key release.
 //! * [`backoff`] — idle poll back-off (retry delays: [`crate::policy`]).
@@ -38,6 +41,7 @@
 
 pub mod backoff;
 pub mod finish;
+pub(crate) mod gate;
 pub(crate) mod job;
 pub mod poll;
 pub mod send;
@@ -98,6 +102,8 @@ pub(crate) struct Shared {
     pub regions: Vec<String>,
     /// One permit per concurrent delivery.
     pub send_permits: Semaphore,
+    /// Per-channel caps, taken before a send permit.
+    pub gates: gate::Gates,
     /// KiB of large payloads being sent at once (see [`PAYLOAD_BUDGET_KIB`]).
     pub payload_budget: Semaphore,
     /// Rows claimed and not yet finished.
@@ -157,8 +163,14 @@ impl Shared {
     const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
 
     pub(crate) fn note_busy(&self, ids: impl Iterator<Item = u64>) {
+        self.note_busy_for(ids, Self::BUSY_FOR);
+    }
+
+    /// [`Shared::note_busy`] for a given time (a capped channel's rows
+    /// handed back stay out until the channel has probably caught up).
+    pub(crate) fn note_busy_for(&self, ids: impl Iterator<Item = u64>, time: std::time::Duration) {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let until = Instant::now() + Self::BUSY_FOR;
+        let until = Instant::now() + time;
         for id in ids {
             if busy.len() >= 100_000 {
                 break;
@@ -193,6 +205,14 @@ impl Shared {
     pub(crate) fn add_in_flight(&self, n: usize) {
         let now = self.in_flight.fetch_add(n, Ordering::AcqRel) + n;
         self.deps.metrics.in_flight.set(now as i64);
+    }
+
+    /// Claimed rows that take up room: those parked at a channel's gate
+    /// do not (see [`gate`]).
+    pub(crate) fn occupied(&self) -> usize {
+        self.in_flight
+            .load(Ordering::Acquire)
+            .saturating_sub(self.gates.parked())
     }
 
     /// Rows finished: lowers the count and wakes a poller waiting for room.
@@ -270,6 +290,7 @@ impl Worker {
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             send_permits: Semaphore::new(cfg.concurrency),
+            gates: gate::Gates::new(cfg.channel_policies.clone()),
             payload_budget: Semaphore::new(PAYLOAD_BUDGET_KIB as usize),
             deps,
             cfg,

@@ -67,7 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let send_us = shared.send_ewma_us.load(Ordering::Relaxed) as f64;
         let capacity =
             cfg.concurrency + claim_ahead(cfg.concurrency, cfg.batch_size, poll_us, send_us);
-        let room = || capacity.saturating_sub(shared.in_flight.load(Ordering::Acquire)) >= min_room;
+        let room = || capacity.saturating_sub(shared.occupied()) >= min_room;
         if !room() {
             tokio::select! {
                 _ = wait_for(&shared.room, room) => {}
@@ -78,7 +78,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
         let want = cfg
             .batch_size
-            .min(capacity.saturating_sub(shared.in_flight.load(Ordering::Acquire)))
+            .min(capacity.saturating_sub(shared.occupied()))
             .max(1);
         let started = Instant::now();
         let slice = spreader.next();
