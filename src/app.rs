@@ -148,7 +148,13 @@ impl App {
             concurrency = self.config.concurrency,
             batch_size = self.config.batch_size,
             lock_scope = %self.config.lock_scope.as_str(),
-            retry_schedule = %self.config.retry.schedule,
+            retry_schedule = %self
+                .config
+                .channel_policies
+                .default_policy()
+                .retry
+                .as_ref()
+                .unwrap_or(&self.config.retry.schedule),
             "worker starting"
         );
         let worker = Worker::new(
