@@ -5,6 +5,7 @@
 //!   → [`Settings`]);
 //! * [`worker`] — `herald worker` ([`WorkerArgs`] → [`WorkerConfig`]);
 //! * [`enqueue`] — `herald enqueue`;
+//! * [`ops`] — `herald show`, `list`, `retry`, `cancel`;
 //! * cleanup's settings live beside the service they configure
 //!   ([`crate::cleanup::config`]), the benchmark's in [`crate::bench::args`];
 //! * [`crate::setting`] — the error type and duration syntax they all share.
@@ -17,6 +18,7 @@
 //! with code 2 on any of them.
 
 pub mod enqueue;
+pub mod ops;
 pub mod worker;
 
 use std::time::Duration;

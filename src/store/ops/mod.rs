@@ -18,6 +18,8 @@
 //!   then their real outcome.
 //! * [`counts`] — the dashboard figures (counts, deliveries per minute,
 //!   latest failures).
+//! * [`spec`] — a selection as callers write it, validated the same way
+//!   for the commands, the API and the console.
 //! * `report` — what a retry or cancel did, row by row.
 
 mod apply;
@@ -28,6 +30,7 @@ mod report;
 pub mod retry;
 pub mod select;
 pub mod show;
+pub mod spec;
 
 pub use report::{Change, ChangeReport};
 pub use select::{Order, Selection};
