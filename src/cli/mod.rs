@@ -5,12 +5,14 @@
 //!
 //! * [`migrate`], [`enqueue`], [`status`], [`worker`], [`cleanup`],
 //!   [`bench`](mod@bench) — one module per command;
+//! * [`admin`](mod@admin) — `herald admin`: the admin API and console alone;
 //! * [`ops`] — `show`, `list`, `retry`, `cancel`: what operators do to rows;
 //! * [`env`](mod@env) — the warning about `HERALD_*` variables no flag reads.
 //!
 //! Exit codes: 0 success, 1 the command ran but something failed (rejected
 //! enqueue lines, a runtime error), 2 invalid configuration or usage.
 
+pub mod admin;
 pub mod bench;
 pub mod cleanup;
 pub mod enqueue;
@@ -60,6 +62,8 @@ pub enum Command {
     Cleanup(CleanupCmdArgs),
     /// Benchmarks: a summary per run, or one JSON line per run with --json.
     Bench(BenchArgs),
+    /// Serve the admin API (/api/v1) and console (/console) without a worker.
+    Admin(crate::config::admin::AdminArgs),
     /// One notification and its attempt history.
     Show(ShowArgs),
     /// Notifications matching filters, a page at a time.
@@ -149,6 +153,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker::run(settings, &args).await,
         Command::Cleanup(args) => cleanup::run(&settings, &args).await,
         Command::Bench(args) => bench::run(settings, args).await,
+        Command::Admin(args) => admin::run(&settings, &args).await,
         Command::Show(args) => ops::show::run(&settings, &args).await,
         Command::List(args) => ops::list::run(&settings, &args).await,
         Command::Retry(args) => ops::retry::run(&settings, &args).await,

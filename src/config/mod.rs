@@ -5,6 +5,7 @@
 //!   → [`Settings`]);
 //! * [`worker`] — `herald worker` ([`WorkerArgs`] → [`WorkerConfig`]);
 //! * [`enqueue`] — `herald enqueue`;
+//! * [`admin`] — the admin API and console (`herald worker`, `herald admin`);
 //! * [`ops`] — `herald show`, `list`, `retry`, `cancel`;
 //! * cleanup's settings live beside the service they configure
 //!   ([`crate::cleanup::config`]), the benchmark's in [`crate::bench::args`];
@@ -17,6 +18,7 @@
 //! it is about as both its environment variable and its flag. The CLI exits
 //! with code 2 on any of them.
 
+pub mod admin;
 pub mod enqueue;
 pub mod ops;
 pub mod worker;
