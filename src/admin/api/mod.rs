@@ -27,6 +27,17 @@ use super::{auth, AdminState, ApiError};
 
 pub(crate) type Shared = State<Arc<AdminState>>;
 
+/// Every route (method, path under `/api/v1`); docs/openapi.yaml must
+/// describe each (a test checks).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/notifications"),
+    ("GET", "/notifications"),
+    ("GET", "/notifications/{id}"),
+    ("POST", "/notifications/retry"),
+    ("POST", "/notifications/cancel"),
+    ("GET", "/counts"),
+];
+
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/notifications", post(enqueue::enqueue).get(rows::list))
