@@ -38,11 +38,14 @@ pub(crate) async fn enqueue_rows(
     ((max + 1 - n)..=max).collect()
 }
 
-/// Runs `herald <args>` on `db`; returns (exit code, stdout, stderr).
-fn run(db: &TestDb, args: &[&str]) -> (i32, String, String) {
-    let out = herald(Some(db))
-        .args(args)
-        .output()
+/// Runs `herald <args>` on `db`; returns (exit code, stdout, stderr). On
+/// a blocking thread: the test's own receiver must keep answering.
+async fn run(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = herald(Some(db));
+    cmd.args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
         .expect("running herald");
     (
         out.status.code().unwrap_or(-1),
@@ -89,26 +92,27 @@ async fn show_list_and_refusals() {
     ))
     .await;
 
-    let (code, out, _) = run(&db, &["show", &ids[0].to_string(), "--json"]);
+    let (code, out, _) = run(&db, &["show", &ids[0].to_string(), "--json"]).await;
     assert_eq!(code, 0);
     let v = json_of(&out);
     assert_eq!(v["status"], "failed");
     assert_eq!(v["attempt_history"].as_array().unwrap().len(), 2);
     assert_eq!(v["attempt_history"][1]["http_status"], 400);
-    let (code, out, _) = run(&db, &["show", &ids[0].to_string()]);
+    let (code, out, _) = run(&db, &["show", &ids[0].to_string()]).await;
     assert_eq!(code, 0);
     assert!(
         out.contains("receiver said 400") && out.contains("503"),
         "{out}"
     );
-    let (code, _, _) = run(&db, &["show", "999999"]);
+    let (code, _, _) = run(&db, &["show", "999999"]).await;
     assert_eq!(code, 1);
 
     // Filters and cursor paging: two pages of one row for user 41 and 42.
     let (code, out, _) = run(
         &db,
         &["list", "--status", "pending", "--limit", "1", "--json"],
-    );
+    )
+    .await;
     assert_eq!(code, 0);
     let page = json_of(&out);
     assert_eq!(page["rows"][0]["id"], ids[2]);
@@ -125,22 +129,23 @@ async fn show_list_and_refusals() {
             &cursor.to_string(),
             "--json",
         ],
-    );
+    )
+    .await;
     let page = json_of(&out);
     assert_eq!(page["rows"][0]["id"], ids[1]);
     assert!(page["next_cursor"].is_null());
-    let (_, out, _) = run(&db, &["list", "--user", "40", "--oldest-first"]);
+    let (_, out, _) = run(&db, &["list", "--user", "40", "--oldest-first"]).await;
     assert!(out.contains("failed") && out.contains("1 rows"), "{out}");
 
     // Bad filters exit 2 naming the flag; no filter at all is refused.
-    let (code, _, err) = run(&db, &["list", "--status", "done"]);
+    let (code, _, err) = run(&db, &["list", "--status", "done"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("--status"), "{err}");
-    let (code, _, err) = run(&db, &["list", "--since", "yesterday"]);
+    let (code, _, err) = run(&db, &["list", "--since", "yesterday"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("--since"), "{err}");
     for cmd in ["retry", "cancel"] {
-        let (code, _, err) = run(&db, &[cmd]);
+        let (code, _, err) = run(&db, &[cmd]).await;
         assert_eq!(code, 2, "{cmd}: {err}");
         assert!(err.contains("--all"), "{err}");
     }
@@ -156,7 +161,8 @@ async fn show_list_and_refusals() {
             "--dry-run",
             "--json",
         ],
-    );
+    )
+    .await;
     assert_eq!(code, 0);
     let r = json_of(&out);
     let outcomes: HashMap<u64, String> = r["rows"]
@@ -174,7 +180,7 @@ async fn show_list_and_refusals() {
     assert_eq!(outcomes[&ids[1]], "skipped");
     assert_eq!(outcomes[&12345678], "not_found");
     assert_eq!(db.count_status("failed").await, 1);
-    let (code, out, _) = run(&db, &["retry", &ids[0].to_string()]);
+    let (code, out, _) = run(&db, &["retry", &ids[0].to_string()]).await;
     assert_eq!(code, 0);
     assert!(out.contains("retried 1 of 1"), "{out}");
     let row: (String, u32, Option<String>) = sqlx::query_as(&format!(
@@ -192,7 +198,7 @@ async fn show_list_and_refusals() {
     );
 
     // Cancel by dedupe-less selection: a user's pending rows.
-    let (code, out, _) = run(&db, &["cancel", "--user", "41", "--json"]);
+    let (code, out, _) = run(&db, &["cancel", "--user", "41", "--json"]).await;
     assert_eq!(code, 0);
     let r = json_of(&out);
     assert_eq!(r["changed"], 1);
@@ -233,7 +239,8 @@ async fn retrying_10000_failed_rows_while_workers_run_delivers_each_once() {
     let (code, stdout, stderr) = run(
         &db,
         &["retry", "--status", "failed", "--channel", "file", "--json"],
-    );
+    )
+    .await;
     assert_eq!(code, 0, "{stderr}");
     let report = json_of(&stdout);
     assert_eq!(report["changed"], 10_000, "{}", report["matched"]);
@@ -282,7 +289,7 @@ async fn cancelling_a_users_1000_rows_while_workers_drain_them() {
     })
     .await;
 
-    let (code, stdout, stderr) = run(&db, &["cancel", "--user", "7", "--json"]);
+    let (code, stdout, stderr) = run(&db, &["cancel", "--user", "7", "--json"]).await;
     let reported_at = Instant::now();
     assert_eq!(code, 0, "{stderr}");
     let report = json_of(&stdout);
@@ -352,4 +359,91 @@ async fn cancelling_a_users_1000_rows_while_workers_drain_them() {
             "other user's row {id} not delivered"
         );
     }
+}
+
+/// Rows claimed ahead and waiting for a send slot when the cancel comes
+/// are not sent: the worker re-checks them before sending and hands them
+/// back, which ends them `cancelled`. The row on the wire ends `sent`, and
+/// the report says the send had already started.
+#[tokio::test]
+async fn a_cancel_request_stops_claimed_rows_before_their_send() {
+    require_redis().await;
+    let db = TestDb::new().await;
+    let receiver = Receiver::ok(Duration::from_millis(2_500)).await;
+    let ids = enqueue_rows(&db, 6, "webhook", |_| 9, |i| json!({"i": i})).await;
+    let env = [
+        ("HERALD_WEBHOOK_URL", receiver.url()),
+        ("HERALD_CONCURRENCY", "1".to_owned()),
+        ("HERALD_SEND_TIMEOUT_MS", "5000".to_owned()),
+    ];
+    let _w = WorkerProc::spawn(&db, &key_prefix(), &env);
+    wait_until(
+        "one send on the wire and others claimed",
+        Duration::from_secs(20),
+        || async { receiver.in_progress() == 1 && db.count_status("sending").await >= 2 },
+    )
+    .await;
+    // Let the claimed rows wait past the worker's re-check threshold.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let waiting: Vec<u64> = sqlx::query_scalar::<_, u64>(
+        "SELECT id FROM notifications WHERE status = 'sending' ORDER BY id",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let (code, stdout, stderr) = run(&db, &["cancel", "--user", "9", "--json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let report = json_of(&stdout);
+    let outcome = |id: u64| -> String {
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["outcome"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let on_wire: Vec<u64> = receiver.hits().iter().map(|h| h.id).collect();
+    let sent_rows: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|id| outcome(*id) == "sent")
+        .collect();
+    assert_eq!(
+        sent_rows.len(),
+        1,
+        "only the row on the wire is sent: {report}"
+    );
+    assert!(
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["outcome"] == "sent"
+                && c["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("already started")),
+        "{report}"
+    );
+    let claimed_waiting: Vec<u64> = waiting
+        .iter()
+        .copied()
+        .filter(|id| !sent_rows.contains(id))
+        .collect();
+    assert!(
+        !claimed_waiting.is_empty(),
+        "rows were claimed ahead: {waiting:?}"
+    );
+    for id in &claimed_waiting {
+        assert_eq!(outcome(*id), "cancelled", "claimed row {id}: {report}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered: HashSet<u64> = receiver.hits().iter().map(|h| h.id).collect();
+    assert_eq!(
+        delivered.len(),
+        1,
+        "nothing but the first send went out: {delivered:?} {on_wire:?}"
+    );
+    assert_eq!(db.count_status("cancelled").await, 5);
 }
