@@ -1,5 +1,6 @@
 //! Tasks that run beside the sender in every worker process: the HTTP
-//! server (`/livez`, `/readyz`, `/metrics`), cleanup and fleet statistics.
+//! server (`/livez`, `/readyz`, `/metrics`), the admin API and console
+//! (when `HERALD_ADMIN_ADDR` is set), cleanup and fleet statistics.
 //! Each can be switched off by configuration.
 //!
 //! Cleanup and stats stop as soon as shutdown begins, so they hold no
@@ -62,6 +63,15 @@ pub async fn spawn(
         tasks.push((
             "http",
             tokio::spawn(http::serve(listener, state, http_stop.clone())),
+        ));
+    }
+    if let Some(admin) = &config.admin {
+        let listener = crate::admin::bind(admin).await?;
+        let region = regions.first().map_or("default", String::as_str);
+        let state = crate::admin::AdminState::new(deps.store.clone(), admin.clone(), region);
+        tasks.push((
+            "admin",
+            tokio::spawn(crate::admin::serve(listener, state, http_stop.clone())),
         ));
     }
     if let Some(cfg) = &config.cleanup {

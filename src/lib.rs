@@ -50,6 +50,7 @@
 //!   strings whose secrets never reach logs, errors or `Debug` output; the
 //!   one redaction).
 
+pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod cleanup;

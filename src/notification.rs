@@ -460,6 +460,10 @@ pub struct ClaimedRow {
     /// claim (`payload` is then `None`) but at send time, under the
     /// worker's byte budget.
     pub payload_bytes: u64,
+    /// An operator asked to cancel it (`herald cancel`) while it was
+    /// being sent by an earlier claim: it is handed back, which ends it
+    /// `cancelled`, instead of being sent.
+    pub cancel_requested: bool,
 }
 
 /// Why a claimed row cannot be delivered at all.

@@ -5,16 +5,20 @@
 //!
 //! * [`migrate`], [`enqueue`], [`status`], [`worker`], [`cleanup`],
 //!   [`bench`](mod@bench) — one module per command;
+//! * [`admin`](mod@admin) — `herald admin`: the admin API and console alone;
+//! * [`ops`] — `show`, `list`, `retry`, `cancel`: what operators do to rows;
 //! * [`env`](mod@env) — the warning about `HERALD_*` variables no flag reads.
 //!
 //! Exit codes: 0 success, 1 the command ran but something failed (rejected
 //! enqueue lines, a runtime error), 2 invalid configuration or usage.
 
+pub mod admin;
 pub mod bench;
 pub mod cleanup;
 pub mod enqueue;
 pub mod env;
 pub mod migrate;
+pub mod ops;
 pub mod status;
 pub mod worker;
 
@@ -24,6 +28,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
 use crate::cleanup::config::CleanupCmdArgs;
+use crate::config::ops::{CancelArgs, ChangeArgs, ListArgs, ShowArgs};
 use crate::config::{ConfigError, EnqueueArgs, GlobalArgs, Settings, WorkerArgs};
 
 #[derive(Debug, Parser)]
@@ -57,6 +62,16 @@ pub enum Command {
     Cleanup(CleanupCmdArgs),
     /// Benchmarks: a summary per run, or one JSON line per run with --json.
     Bench(BenchArgs),
+    /// Serve the admin API (/api/v1) and console (/console) without a worker.
+    Admin(crate::config::admin::AdminArgs),
+    /// One notification and its attempt history.
+    Show(ShowArgs),
+    /// Notifications matching filters, a page at a time.
+    List(ListArgs),
+    /// Make failed, expired, cancelled or backing-off notifications due now, with fresh attempts.
+    Retry(ChangeArgs),
+    /// Cancel pending notifications; ask workers to cancel those being sent, and report each outcome.
+    Cancel(CancelArgs),
 }
 
 /// Parses the process arguments; value errors also name the environment
@@ -138,6 +153,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker::run(settings, &args).await,
         Command::Cleanup(args) => cleanup::run(&settings, &args).await,
         Command::Bench(args) => bench::run(settings, args).await,
+        Command::Admin(args) => admin::run(&settings, &args).await,
+        Command::Show(args) => ops::show::run(&settings, &args).await,
+        Command::List(args) => ops::list::run(&settings, &args).await,
+        Command::Retry(args) => ops::retry::run(&settings, &args).await,
+        Command::Cancel(args) => ops::cancel::run(&settings, &args).await,
     }
 }
 

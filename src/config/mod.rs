@@ -7,6 +7,8 @@
 //! * [`channels_file`] — the channel config file (`HERALD_CONFIG`), merged
 //!   into the worker's transports and per-channel policies;
 //! * [`enqueue`] — `herald enqueue`;
+//! * [`admin`] — the admin API and console (`herald worker`, `herald admin`);
+//! * [`ops`] — `herald show`, `list`, `retry`, `cancel`;
 //! * cleanup's settings live beside the service they configure
 //!   ([`crate::cleanup::config`]), the benchmark's in [`crate::bench::args`];
 //! * [`crate::setting`] — the error type and duration syntax they all share.
@@ -18,8 +20,10 @@
 //! it is about as both its environment variable and its flag. The CLI exits
 //! with code 2 on any of them.
 
+pub mod admin;
 pub mod channels_file;
 pub mod enqueue;
+pub mod ops;
 pub mod worker;
 
 use std::time::Duration;

@@ -127,6 +127,9 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub cleanup: CleanupTaskArgs,
 
+    #[command(flatten)]
+    pub admin: crate::config::admin::AdminArgs,
+
     /// Stats window in seconds; one instance per window logs fleet statistics. 0 = off.
     #[arg(long, env = "HERALD_STATS_INTERVAL_S", default_value_t = 60)]
     pub stats_interval_s: u64,
@@ -159,6 +162,8 @@ pub struct WorkerConfig {
     pub http_addr: Option<SocketAddr>,
     pub health_timeout: Duration,
     pub transport: TransportSettings,
+    /// The admin API and console, when `HERALD_ADMIN_ADDR` is set.
+    pub admin: Option<crate::config::admin::AdminConfig>,
 }
 
 impl WorkerArgs {
@@ -283,6 +288,7 @@ impl WorkerArgs {
                 .then(|| Duration::from_secs(self.stats_interval_s)),
             http_addr,
             health_timeout: Duration::from_millis(self.health_timeout_ms),
+            admin: self.admin.validate()?,
         })
     }
 

@@ -180,7 +180,8 @@ fn read_back_sql(sql: &mut String, ids: &[u64], token: &[u8; 16]) {
         sql,
         "SELECT id, user_id, channel, \
          CASE WHEN LENGTH(payload) > {INLINE_PAYLOAD_MAX} THEN NULL ELSE CAST(payload AS CHAR) END AS payload, \
-         CAST(LENGTH(payload) AS SIGNED) AS payload_bytes, dedupe_key, send_at, due_at, expires_at, attempts \
+         CAST(LENGTH(payload) AS SIGNED) AS payload_bytes, dedupe_key, send_at, due_at, expires_at, attempts, \
+         (cancel_requested_at IS NOT NULL) AS cancel_requested \
          FROM notifications WHERE id IN ("
     );
     literal::ids(sql, ids);
@@ -229,6 +230,11 @@ fn decode_claimed(row: &MySqlRow) -> ClaimedRead {
             .map_err(|e| bad("payload", e))?
             .unwrap_or(0)
             .max(0) as u64,
+        cancel_requested: row
+            .try_get::<Option<i64>, _>("cancel_requested")
+            .map_err(|e| bad("cancel_requested", e))?
+            .unwrap_or(0)
+            != 0,
     })
 }
 

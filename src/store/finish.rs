@@ -62,7 +62,9 @@ pub async fn mark_failed(
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
     Sent,
-    /// Back to pending, due again after `delay_us`.
+    /// Back to pending, due again after `delay_us` (`cancelled` instead
+    /// if a cancel was requested meanwhile: the send failed, so the row
+    /// was not delivered).
     Retry {
         delay_us: i64,
         error: String,
@@ -71,8 +73,9 @@ pub enum Finish {
         error: String,
     },
     Expired,
-    /// Not attempted (shutdown, or the lock ran short): pending again now,
-    /// and the attempt the claim counted is given back.
+    /// Not attempted (shutdown, the lock ran short, a cancel request):
+    /// pending again now, and the attempt the claim counted is given back;
+    /// `cancelled` instead if a cancel was requested.
     HandBack,
 }
 
@@ -155,7 +158,9 @@ pub async fn finish_rows(
                 Finish::Sent => unreachable!("filtered above"),
                 Finish::Retry { delay_us, error } => (
                     sqlx::query(
-                        "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+                        "UPDATE notifications SET status = IF(cancel_requested_at IS NULL, 'pending', 'cancelled'), \
+                         finished_at = IF(cancel_requested_at IS NULL, finished_at, UTC_TIMESTAMP(6)), \
+                         due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
                          lease_until = NULL, last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
                     )
                     .bind(*delay_us)
@@ -179,7 +184,9 @@ pub async fn finish_rows(
                 ),
                 Finish::HandBack => (
                     sqlx::query(
-                        "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+                        "UPDATE notifications SET status = IF(cancel_requested_at IS NULL, 'pending', 'cancelled'), \
+                         finished_at = IF(cancel_requested_at IS NULL, finished_at, UTC_TIMESTAMP(6)), \
+                         due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
                          attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
                     ),
                     &mut counts[Outcome::HandedBack],
@@ -306,7 +313,11 @@ async fn recount_unchanged(
             busy.push(*id);
             continue;
         }
-        if status != Some(final_status(f)) {
+        // A retry or hand-back of a row with a cancel request ends it
+        // `cancelled` (see `herald cancel`).
+        let cancelled =
+            status == Some("cancelled") && matches!(f, Finish::Retry { .. } | Finish::HandBack);
+        if status != Some(final_status(f)) && !cancelled {
             counts[Outcome::Lost] += 1;
             continue;
         }

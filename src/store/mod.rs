@@ -9,6 +9,7 @@
 //! * [`enqueue`] — validated, batched, idempotent inserts.
 //! * [`candidates`] — the due rows (protocol step 1).
 //! * [`claim`] — the fenced claim and the read-back (step 3).
+//! * [`ops`] — what operators do to rows: show, list, retry, cancel, counts.
 //! * [`finish`] — the outcome writes, each fenced by the claim (step 5),
 //!   and the isolated `failed` write of a row nothing else can write.
 //! * `guarded` — statements that never wait for rows another transaction
@@ -28,6 +29,7 @@ pub mod finish;
 mod guarded;
 mod literal;
 pub mod migrate;
+pub mod ops;
 pub mod prune;
 pub mod status;
 

@@ -27,6 +27,8 @@
 //!   the process's send permits.
 //! * [`finish`] — batched outcome writes, rows locked elsewhere written
 //!   again shortly, counters by [`crate::outcome::Outcome`], key release.
+//! * `cancel` — the batched check for cancel requests on rows that waited
+//!   since their claim (`herald cancel`).
 //! * [`backoff`] — idle poll back-off (retry delays: [`crate::policy`]).
 //! * `spread` — which slice of the candidates each round reads.
 //! * this file — [`Worker`], its [`WorkerHandle`] and the state the tasks
@@ -40,6 +42,7 @@
 //! short ([`WorkerHandle::abort_now`]).
 
 pub mod backoff;
+pub(crate) mod cancel;
 pub mod finish;
 pub(crate) mod gate;
 pub(crate) mod job;
@@ -140,6 +143,8 @@ pub(crate) struct Shared {
     /// The same for finishes, apart: claims meet foreign locks on pending
     /// rows, which says nothing about the rows a finish writes.
     pub finish_foreign_locks: crate::store::ForeignLocks,
+    /// Asks whether rows that waited since their claim were cancelled.
+    pub cancels: cancel::CancelCheck,
 }
 
 impl Shared {
@@ -283,11 +288,13 @@ impl WorkerHandle {
 pub struct Worker {
     shared: Arc<Shared>,
     finish_rx: mpsc::UnboundedReceiver<job::Done>,
+    cancel_rx: cancel::CancelRx,
 }
 
 impl Worker {
     pub fn new(deps: Deps, cfg: WorkerConfig, regions: Vec<String>) -> Worker {
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let (cancels, cancel_rx) = cancel::CancelCheck::new();
         let shared = Arc::new(Shared {
             send_permits: Semaphore::new(cfg.concurrency),
             gates: gate::Gates::new(cfg.channel_policies.clone()),
@@ -309,8 +316,13 @@ impl Worker {
             poll_failing: Mutex::new(None),
             claim_foreign_locks: Default::default(),
             finish_foreign_locks: Default::default(),
+            cancels,
         });
-        Worker { shared, finish_rx }
+        Worker {
+            shared,
+            finish_rx,
+            cancel_rx,
+        }
     }
 
     pub fn handle(&self) -> WorkerHandle {
@@ -322,7 +334,12 @@ impl Worker {
     /// Runs until `shutdown` is cancelled, then drains as described in the
     /// module docs and returns the totals.
     pub async fn run(self, shutdown: CancellationToken) -> Totals {
-        let Worker { shared, finish_rx } = self;
+        let Worker {
+            shared,
+            finish_rx,
+            cancel_rx,
+        } = self;
+        tokio::spawn(cancel::run(shared.deps.store.pool().clone(), cancel_rx));
         let finisher = tokio::spawn(finish::run(shared.clone(), finish_rx));
         let poller = tokio::spawn(poll::run(shared.clone()));
 

@@ -190,6 +190,12 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         return (Finish::HandBack, None);
     }
 
+    // An operator's cancel request (`herald cancel`): handing the row
+    // back ends it `cancelled`.
+    if row.cancel_requested || shared.cancels.requested(row.id, batch.started).await {
+        tracing::info!(id = row.id, "cancel requested before the send; not sending");
+        return (Finish::HandBack, None);
+    }
     let key = row.idempotency_key();
     let send_at = row.send_at.unwrap_or(row.due_at);
     let delivery = Delivery {

@@ -12,6 +12,8 @@ mod helpers;
 mod lock;
 mod lock_faults;
 mod mariadb_proc;
+mod ops_api;
+mod ops_commands;
 mod policy;
 mod receiver;
 mod redis_procs;
