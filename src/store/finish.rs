@@ -74,6 +74,12 @@ pub enum Finish {
     /// Not attempted (shutdown, or the lock ran short): pending again now,
     /// and the attempt the claim counted is given back.
     HandBack,
+    /// Not attempted because the channel's circuit breaker opened after
+    /// the claim: pending again after `delay_us` (when the breaker may
+    /// let rows through), and the attempt the claim counted is given back.
+    Defer {
+        delay_us: i64,
+    },
 }
 
 /// How many rows each kind of finish recorded (now, or in an earlier
@@ -177,6 +183,14 @@ pub async fn finish_rows(
                     ),
                     &mut counts[Outcome::Expired],
                 ),
+                Finish::Defer { delay_us } => (
+                    sqlx::query(
+                        "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+                         lease_until = NULL, attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                    )
+                    .bind(*delay_us),
+                    &mut counts[Outcome::HandedBack],
+                ),
                 Finish::HandBack => (
                     sqlx::query(
                         "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
@@ -236,7 +250,7 @@ impl Finish {
             Finish::Retry { .. } => Outcome::Retried,
             Finish::Failed { .. } => Outcome::Failed,
             Finish::Expired => Outcome::Expired,
-            Finish::HandBack => Outcome::HandedBack,
+            Finish::HandBack | Finish::Defer { .. } => Outcome::HandedBack,
         }
     }
 }
@@ -261,7 +275,7 @@ fn final_status(f: &Finish) -> &'static str {
         Finish::Sent => "sent",
         Finish::Failed { .. } => "failed",
         Finish::Expired => "expired",
-        Finish::Retry { .. } | Finish::HandBack => "pending",
+        Finish::Retry { .. } | Finish::HandBack | Finish::Defer { .. } => "pending",
     }
 }
 

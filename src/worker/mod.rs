@@ -24,6 +24,10 @@
 //!   and the [`crate::store::finish::Finish`] it results in.
 //! * [`finish`] — batched outcome writes, rows locked elsewhere written
 //!   again shortly, counters by [`crate::outcome::Outcome`], key release.
+//! * `gate` — rate limits and circuit breakers at the poll stage (rows
+//!   that may not go now are deferred before locking) and in senders;
+//!   `board` — this worker's copy of the fleet's breakers, kept current by
+//!   batched reports (see [`crate::gate`]).
 //! * [`backoff`] — idle poll back-off (retry delays: [`crate::policy`]).
 //! * `spread` — which slice of the candidates each round reads.
 //! * this file — [`Worker`], its [`WorkerHandle`] and the state the tasks
@@ -37,7 +41,9 @@
 //! short ([`WorkerHandle::abort_now`]).
 
 pub mod backoff;
+pub(crate) mod board;
 pub mod finish;
+pub(crate) mod gate;
 pub(crate) mod job;
 pub mod poll;
 pub mod send;
@@ -134,6 +140,8 @@ pub(crate) struct Shared {
     /// The same for finishes, apart: claims meet foreign locks on pending
     /// rows, which says nothing about the rows a finish writes.
     pub finish_foreign_locks: crate::store::ForeignLocks,
+    /// Rate limits and circuit breakers.
+    pub gate: gate::Gatekeeper,
 }
 
 impl Shared {
@@ -268,7 +276,20 @@ pub struct Worker {
 impl Worker {
     pub fn new(deps: Deps, cfg: WorkerConfig, regions: Vec<String>) -> Worker {
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let channels: Vec<String> = deps
+            .transports
+            .describe()
+            .into_iter()
+            .map(|(c, _)| c.to_string())
+            .collect();
+        let gate = gate::Gatekeeper::new(
+            crate::gate::Gate::new(deps.redlock.clone()),
+            deps.metrics.clone(),
+            &cfg,
+            &channels,
+        );
         let shared = Arc::new(Shared {
+            gate,
             send_permits: Semaphore::new(cfg.concurrency),
             payload_budget: Semaphore::new(PAYLOAD_BUDGET_KIB as usize),
             deps,
@@ -303,6 +324,8 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Totals {
         let Worker { shared, finish_rx } = self;
         let finisher = tokio::spawn(finish::run(shared.clone(), finish_rx));
+        let board_stop = CancellationToken::new();
+        let board = tokio::spawn(gate::run_board(shared.clone(), board_stop.clone()));
         let poller = tokio::spawn(poll::run(shared.clone()));
 
         shutdown.cancelled().await;
@@ -331,6 +354,10 @@ impl Worker {
         shared.finish_tx.send(job::Done::Close).ok();
         if let Err(e) = finisher.await {
             tracing::error!(error = %e, "finisher task failed");
+        }
+        board_stop.cancel();
+        if let Err(e) = board.await {
+            tracing::error!(error = %e, "breaker board task failed");
         }
         let count = |o| totals.outcomes[o];
         tracing::info!(

@@ -29,6 +29,8 @@ struct Round {
     /// Keys asked for and keys another owner held.
     keys: usize,
     contended: usize,
+    /// Rows the gate moved out of the way (rate limit, breaker).
+    deferred: usize,
 }
 
 /// How many rows beyond the send slots a worker keeps claimed.
@@ -105,8 +107,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             spreader.observe(round.keys, round.contended);
         }
         let pause = match result {
-            // More is due: poll again at once.
-            Ok(round) if round.claimed > 0 && round.candidates >= want => {
+            // More is due: poll again at once. Rows the gate deferred have
+            // left the head of the queue, so the next read finds others.
+            Ok(round) if (round.claimed > 0 || round.deferred > 0) && round.candidates >= want => {
                 backoff.reset();
                 None
             }
@@ -149,19 +152,50 @@ async fn poll_once(
         return Ok(Round::default());
     }
     let picked = pick_with_keys(&candidates, want, shared.cfg.lock_scope);
-    let (lock, keys, contended) = lock_batch(shared, &picked).await?;
+    let (picked, deferred) = shared.gate.screen(shared, picked).await?;
     let mut round = Round {
         candidates: candidates.len(),
-        claimed: 0,
-        keys,
-        contended,
+        deferred,
+        ..Round::default()
     };
-    if lock.granted().is_empty() {
+    if picked.is_empty() {
         return Ok(round);
     }
-    let jobs = claim_granted(shared, &lock, &picked).await?;
-    round.claimed = dispatch(shared, lock, started, jobs);
+    let result = lock_and_claim(shared, &picked).await;
+    // A probe row that was not claimed frees the probe for the next poll.
+    if shared.gate.probing() {
+        let claimed: HashSet<u64> = match &result {
+            Ok((_, jobs, _, _)) => jobs.iter().map(|j| j.id).collect(),
+            Err(_) => HashSet::new(),
+        };
+        shared.gate.not_sent(
+            picked
+                .iter()
+                .map(|(c, _)| c.id)
+                .filter(|id| !claimed.contains(id)),
+        );
+    }
+    let (lock, jobs, keys, contended) = result?;
+    round.keys = keys;
+    round.contended = contended;
+    if let Some(lock) = lock {
+        round.claimed = dispatch(shared, lock, started, jobs);
+    }
     Ok(round)
+}
+
+/// Steps 2 and 3: the lock (none if no key was granted), the claimed jobs,
+/// keys asked for and keys another owner held.
+async fn lock_and_claim(
+    shared: &Arc<Shared>,
+    picked: &[(Candidate, String)],
+) -> anyhow::Result<(Option<BatchLock>, Vec<Job>, usize, usize)> {
+    let (lock, keys, contended) = lock_batch(shared, picked).await?;
+    if lock.granted().is_empty() {
+        return Ok((None, Vec::new(), keys, contended));
+    }
+    let jobs = claim_granted(shared, &lock, picked).await?;
+    Ok((Some(lock), jobs, keys, contended))
 }
 
 /// Step 1: due candidates, without rows this worker is leaving alone

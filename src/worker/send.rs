@@ -37,6 +37,9 @@ fn report(
     lag: Option<f64>,
     release: bool,
 ) {
+    // A probe row that ends here without a delivery attempt frees the
+    // probe (one that was sent has already reported).
+    shared.gate.not_sent([job.id]);
     let done = Done::Row {
         batch,
         id: job.id,
@@ -147,6 +150,28 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         return (Finish::HandBack, None);
     }
 
+    // The channel's breaker may have opened since the claim: hand the row
+    // back (attempt returned) until it may let rows through, rather than
+    // send it into a receiver the fleet has found dead.
+    if let Some(wait) = shared.gate.hold(cfg, &row.channel, row.id) {
+        tracing::debug!(id = row.id, channel = %row.channel, "breaker open; row deferred unsent");
+        shared
+            .deps
+            .metrics
+            .deferred
+            .get_or_create(&crate::metrics::DeferLabel {
+                channel: row.channel.clone(),
+                reason: "breaker".into(),
+            })
+            .inc();
+        return (
+            Finish::Defer {
+                delay_us: wait.as_micros().min(i64::MAX as u128) as i64,
+            },
+            None,
+        );
+    }
+
     let key = row.idempotency_key();
     let send_at = row.send_at.unwrap_or(row.due_at);
     let delivery = Delivery {
@@ -184,6 +209,8 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         (prev * 7 + now_us) / 8
     };
     shared.send_ewma_us.store(next, Ordering::Relaxed);
+    let answered = !matches!(outcome, SendOutcome::Transient { .. });
+    shared.gate.outcome(cfg, &row.channel, row.id, answered);
 
     match outcome {
         SendOutcome::Sent => {
