@@ -6,6 +6,7 @@ mod companions;
 mod deploy;
 mod faults;
 mod foundation;
+mod gate;
 mod helpers;
 mod lock;
 mod lock_faults;
