@@ -4,6 +4,8 @@
 //! * this module — the global settings every command shares ([`GlobalArgs`]
 //!   → [`Settings`]);
 //! * [`worker`] — `herald worker` ([`WorkerArgs`] → [`WorkerConfig`]);
+//! * [`channels_file`] — the channel config file (`HERALD_CONFIG`), merged
+//!   into the worker's transports and per-channel policies;
 //! * [`enqueue`] — `herald enqueue`;
 //! * cleanup's settings live beside the service they configure
 //!   ([`crate::cleanup::config`]), the benchmark's in [`crate::bench::args`];
@@ -16,6 +18,7 @@
 //! it is about as both its environment variable and its flag. The CLI exits
 //! with code 2 on any of them.
 
+pub mod channels_file;
 pub mod enqueue;
 pub mod worker;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
 
+use super::channels_file;
 use crate::cleanup::config::{CleanupConfig, CleanupTaskArgs};
 use crate::policy::{BreakerPolicy, ChannelPolicies, RetryPolicy, RetrySchedule};
 use crate::secret::SecretString;
@@ -120,6 +121,10 @@ pub struct WorkerArgs {
     /// Name recorded in claimed_by; defaults to hostname-pid.
     #[arg(long, env = "HERALD_WORKER_ID")]
     pub worker_id: Option<String>,
+    /// Channel config file (TOML): per-channel receiver, secrets, send
+    /// timeout, retry schedule, rate limit, concurrency cap and breaker.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// URL the `webhook` channel posts to.
     #[arg(long, env = "HERALD_WEBHOOK_URL", hide_env_values = true)]
@@ -237,7 +242,21 @@ impl WorkerArgs {
     /// values. Ranges are checked by clap when the flags are read.
     pub fn validate(&self) -> Result<WorkerConfig, ConfigError> {
         let retry = self.retry_policy()?;
-        if self.send_timeout_ms * 2 > self.lock_ttl_ms {
+        let file = match self.config.as_deref() {
+            Some(path) if !path.as_os_str().is_empty() => Some(channels_file::load(path)?),
+            _ => None,
+        };
+        let lock_ttl = Duration::from_millis(self.lock_ttl_ms);
+        let env_timeout = Duration::from_millis(self.send_timeout_ms);
+        // The file's [defaults] send_timeout replaces the variable; only
+        // the timeout in use has to fit in the lock.
+        let send_timeout = file
+            .as_ref()
+            .map_or(env_timeout, |f| f.default_send_timeout(env_timeout));
+        if let Some(f) = &file {
+            f.check_lock_ttl(lock_ttl)?;
+        }
+        if send_timeout == env_timeout && self.send_timeout_ms * 2 > self.lock_ttl_ms {
             return Err(ConfigError::new(
                 "HERALD_LOCK_TTL_MS",
                 "--lock-ttl-ms",
@@ -269,17 +288,21 @@ impl WorkerArgs {
                 )
             })?)
         };
-        let transport = self.transport_settings()?;
+        let mut transport = self.transport_settings()?;
+        let channel_policies = match &file {
+            Some(f) => f.apply(&mut transport)?,
+            None => ChannelPolicies::default(),
+        };
         Ok(WorkerConfig {
             transport,
             concurrency: self.concurrency,
             batch_size: self.batch_size,
-            lock_ttl: Duration::from_millis(self.lock_ttl_ms),
+            lock_ttl,
             lock_scope: self.lock_scope,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
-            send_timeout: Duration::from_millis(self.send_timeout_ms),
+            send_timeout,
             retry,
-            channel_policies: ChannelPolicies::default(),
+            channel_policies,
             breaker: (self.breaker_failures > 0).then_some(BreakerPolicy {
                 failures: self.breaker_failures,
                 cool_down: self.breaker_cool_down,
@@ -323,6 +346,7 @@ impl WorkerArgs {
             file_path: self.file_path.clone().filter(|p| !p.as_os_str().is_empty()),
             file_latency: Duration::from_millis(self.file_latency_ms),
             channels,
+            channel_options: Default::default(),
         })
     }
 }
@@ -333,6 +357,7 @@ pub fn transport_config_error(e: TransportConfigError) -> ConfigError {
         TransportConfigError::Secret(_) => ("HERALD_WEBHOOK_SECRET", "--webhook-secret"),
         TransportConfigError::WebhookUrl(_) => ("HERALD_WEBHOOK_URL", "--webhook-url"),
         TransportConfigError::File { .. } => ("HERALD_FILE_PATH", "--file-path"),
+        TransportConfigError::ChannelSecret { .. } => ("HERALD_CONFIG", "--config"),
         _ => ("HERALD_CHANNELS", "--channels"),
     };
     let mut text = e.to_string();

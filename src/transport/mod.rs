@@ -40,7 +40,11 @@
 //! Whitespace around entries is ignored, and so are empty entries. The
 //! argument runs to the next comma, so URLs and paths cannot contain commas.
 //! All webhook channels share `HERALD_WEBHOOK_SECRET`, `HERALD_SEND_TIMEOUT_MS`
-//! and one connection pool.
+//! and one connection pool; channels of the config file (`HERALD_CONFIG`)
+//! may set their own secrets and timeout ([`ChannelOptions`]) and still
+//! share the pool. `HERALD_WEBHOOK_SECRET` may hold several secrets
+//! (separated by spaces or commas) while one is rotated: each delivery then
+//! carries one `v1,` signature per secret.
 //!
 //! Out of the box, unless `HERALD_CHANNELS` defines the same name:
 //! `webhook` uses the webhook transport with `HERALD_WEBHOOK_URL` (when that is
@@ -171,8 +175,21 @@ pub struct TransportSettings {
     pub file_path: Option<PathBuf>,
     /// `HERALD_FILE_LATENCY_MS`: simulated latency before each file write.
     pub file_latency: Duration,
-    /// `HERALD_CHANNELS`, parsed.
+    /// `HERALD_CHANNELS`, parsed, and the channels of the config file.
     pub channels: Vec<ChannelSpec>,
+    /// What a channel sets for itself (from the config file); channels
+    /// not listed use the settings above.
+    pub channel_options: HashMap<String, ChannelOptions>,
+}
+
+/// One channel's own transport settings, from the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// Signing secrets instead of `HERALD_WEBHOOK_SECRET`: one signature
+    /// per secret on every delivery (rotation).
+    pub secrets: Option<Vec<SecretString>>,
+    /// Instead of `HERALD_SEND_TIMEOUT_MS`.
+    pub send_timeout: Option<Duration>,
 }
 
 impl TransportSettings {
@@ -190,6 +207,7 @@ impl Default for TransportSettings {
             file_path: None,
             file_latency: Duration::ZERO,
             channels: Vec::new(),
+            channel_options: HashMap::new(),
         }
     }
 }
@@ -209,6 +227,12 @@ pub enum TransportConfigError {
     WebhookUrl(String),
     #[error("channel \"{channel}\": {problem}")]
     Channel { channel: String, problem: String },
+    #[error("channel \"{channel}\": secrets: {source}")]
+    ChannelSecret {
+        channel: String,
+        #[source]
+        source: SecretError,
+    },
     #[error("channel \"{channel}\": cannot open {path} for appending")]
     File {
         channel: String,
@@ -246,25 +270,39 @@ impl Transports {
             channels::parse_webhook_url(url.as_str()).map_err(TransportConfigError::WebhookUrl)?;
         }
         // One client (one pool) for all webhook channels, built lazily so
-        // deployments without webhooks do not pay for it.
+        // deployments without webhooks do not pay for it. Its timeouts are
+        // the longest any channel uses; each request carries its own.
+        let longest = s
+            .channel_options
+            .values()
+            .filter_map(|o| o.send_timeout)
+            .fold(s.send_timeout, Duration::max);
         let mut client: Option<reqwest::Client> = None;
-        let mut webhook = |url: url::Url| -> Result<Arc<dyn Transport>, _> {
+        let mut webhook = |name: &str,
+                           url: url::Url|
+         -> Result<(Arc<dyn Transport>, bool), TransportConfigError> {
             let c = match &client {
                 Some(c) => c.clone(),
                 None => {
-                    let c =
-                        build_client(s.send_timeout).map_err(TransportConfigError::HttpClient)?;
+                    let c = build_client(longest).map_err(TransportConfigError::HttpClient)?;
                     client = Some(c.clone());
                     c
                 }
             };
-            Ok::<_, TransportConfigError>(Arc::new(WebhookTransport::new(
-                c,
-                url,
-                signer.clone(),
-                s.send_timeout,
-                s.max_response_bytes,
-            )))
+            let own = s.channel_options.get(name);
+            let signer = match own.and_then(|o| o.secrets.as_deref()) {
+                Some(secrets) => Some(Signer::from_secrets(secrets).map_err(|source| {
+                    TransportConfigError::ChannelSecret {
+                        channel: name.to_owned(),
+                        source,
+                    }
+                })?),
+                None => signer.clone(),
+            };
+            let signed = signer.is_some();
+            let timeout = own.and_then(|o| o.send_timeout).unwrap_or(s.send_timeout);
+            let t = WebhookTransport::new(c, url, signer, timeout, s.max_response_bytes);
+            Ok((Arc::new(t), signed))
         };
         let file = |channel: &str, path: &PathBuf| -> Result<Arc<dyn Transport>, _> {
             FileTransport::open(path, s.file_latency)
@@ -284,8 +322,9 @@ impl Transports {
         if !defined("webhook") {
             match &s.webhook_url {
                 Some(url) => {
-                    by_channel.insert("webhook".into(), webhook(url.clone())?);
-                    unsigned_webhooks |= signer.is_none();
+                    let (t, signed) = webhook("webhook", url.clone())?;
+                    by_channel.insert("webhook".into(), t);
+                    unsigned_webhooks |= !signed;
                 }
                 None => {
                     unconfigured.insert(
@@ -326,8 +365,9 @@ impl Transports {
                         .clone()
                         .or_else(|| s.webhook_url.clone())
                         .ok_or_else(|| missing("HERALD_WEBHOOK_URL"))?;
-                    unsigned_webhooks |= signer.is_none();
-                    webhook(url)?
+                    let (t, signed) = webhook(&spec.name, url)?;
+                    unsigned_webhooks |= !signed;
+                    t
                 }
                 ChannelKind::Log => Arc::new(LogTransport::stdout()),
                 ChannelKind::File { path } => {

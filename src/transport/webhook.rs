@@ -69,8 +69,9 @@ struct Body<'a> {
 }
 
 impl WebhookTransport {
-    /// `client` should come from [`build_client`]; `send_timeout` must be the
-    /// one it was built with (it is only used to word timeout reasons).
+    /// `client` should come from [`build_client`], built with a timeout at
+    /// least as long as `send_timeout`: each request carries its own
+    /// timeout, so channels with different timeouts share one pool.
     pub fn new(
         client: reqwest::Client,
         url: url::Url,
@@ -119,6 +120,7 @@ impl WebhookTransport {
         let mut req = self
             .client
             .post(self.url.clone())
+            .timeout(self.send_timeout)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header("webhook-id", webhook_id)
             .header("webhook-timestamp", timestamp);

@@ -78,10 +78,8 @@ impl Gatekeeper {
         cfg: &WorkerConfig,
         channels: &[String],
     ) -> Gatekeeper {
-        // Channels not named fall back to the policy of the unnamed
-        // channel (no name is empty).
         let mut policies: Vec<_> = cfg.channel_policies.named().map(|(_, p)| p).collect();
-        policies.push(cfg.channel_policies.get(""));
+        policies.push(cfg.channel_policies.default_policy());
         let any_rate = policies.iter().any(|p| p.rate_limit.is_some());
         let any_breaker = cfg.breaker.is_some() || policies.iter().any(|p| p.breaker.is_some());
         let with_breaker: Vec<String> = channels

@@ -2,6 +2,7 @@
 //! test gets its own database and Redis key prefix, so they run in parallel.
 
 mod bench;
+mod channels;
 mod companions;
 mod deploy;
 mod faults;
