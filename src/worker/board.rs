@@ -54,11 +54,14 @@ struct Pending {
     probes: Vec<ProbeEnd>,
 }
 
+/// Each channel's consecutive failures and state, and when they were read.
+type View = (HashMap<String, (u32, Local)>, Option<Instant>);
+
 #[derive(Debug)]
 pub(crate) struct Board {
     gate: Gate,
     metrics: Arc<Metrics>,
-    view: Mutex<(HashMap<String, (u32, Local)>, Option<Instant>)>,
+    view: Mutex<View>,
     /// Some breaker is not closed: polls must look at channels.
     active: AtomicBool,
     pending: Mutex<Pending>,

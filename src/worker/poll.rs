@@ -152,20 +152,54 @@ async fn poll_once(
         return Ok(Round::default());
     }
     let picked = pick_with_keys(&candidates, want, shared.cfg.lock_scope);
-    let (picked, deferred) = shared.gate.screen(shared, picked).await?;
+    let screen = shared.gate.prepare(shared, &picked).await?;
+    let picked = match &screen {
+        Some(s) => {
+            let aside = s.set_aside();
+            picked
+                .into_iter()
+                .filter(|(c, _)| !aside.contains(&c.id))
+                .collect()
+        }
+        None => picked,
+    };
     let mut round = Round {
         candidates: candidates.len(),
-        deferred,
         ..Round::default()
     };
-    if picked.is_empty() {
+    let lock = if picked.is_empty() {
+        None
+    } else {
+        let (lock, keys, contended) = lock_batch(shared, &picked).await?;
+        round.keys = keys;
+        round.contended = contended;
+        Some(lock)
+    };
+    // The gate judges only rows this round holds the keys of.
+    let mut picked = picked;
+    if let Some(screen) = screen {
+        let locked: Vec<&Candidate> = picked
+            .iter()
+            .filter(|(_, k)| lock.as_ref().is_some_and(|l| l.is_granted(k)))
+            .map(|(c, _)| c)
+            .collect();
+        let (out, deferred) = shared.gate.admit(shared, screen, &locked).await;
+        round.deferred = deferred;
+        if !out.is_empty() {
+            picked.retain(|(c, _)| !out.contains(&c.id));
+        }
+    }
+    let Some(lock) = lock else {
+        return Ok(round);
+    };
+    if lock.granted().is_empty() {
         return Ok(round);
     }
-    let result = lock_and_claim(shared, &picked).await;
+    let result = claim_granted(shared, &lock, &picked).await;
     // A probe row that was not claimed frees the probe for the next poll.
     if shared.gate.probing() {
         let claimed: HashSet<u64> = match &result {
-            Ok((_, jobs, _, _)) => jobs.iter().map(|j| j.id).collect(),
+            Ok(jobs) => jobs.iter().map(|j| j.id).collect(),
             Err(_) => HashSet::new(),
         };
         shared.gate.not_sent(
@@ -175,27 +209,8 @@ async fn poll_once(
                 .filter(|id| !claimed.contains(id)),
         );
     }
-    let (lock, jobs, keys, contended) = result?;
-    round.keys = keys;
-    round.contended = contended;
-    if let Some(lock) = lock {
-        round.claimed = dispatch(shared, lock, started, jobs);
-    }
+    round.claimed = dispatch(shared, lock, started, result?);
     Ok(round)
-}
-
-/// Steps 2 and 3: the lock (none if no key was granted), the claimed jobs,
-/// keys asked for and keys another owner held.
-async fn lock_and_claim(
-    shared: &Arc<Shared>,
-    picked: &[(Candidate, String)],
-) -> anyhow::Result<(Option<BatchLock>, Vec<Job>, usize, usize)> {
-    let (lock, keys, contended) = lock_batch(shared, picked).await?;
-    if lock.granted().is_empty() {
-        return Ok((None, Vec::new(), keys, contended));
-    }
-    let jobs = claim_granted(shared, &lock, picked).await?;
-    Ok((Some(lock), jobs, keys, contended))
 }
 
 /// Step 1: due candidates, without rows this worker is leaving alone

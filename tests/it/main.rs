@@ -9,6 +9,7 @@ mod faults;
 mod foundation;
 mod gate;
 mod helpers;
+mod limits;
 mod lock;
 mod lock_faults;
 mod mariadb_proc;

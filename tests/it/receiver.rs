@@ -109,6 +109,11 @@ impl Receiver {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Requests received so far, answered or not.
+    pub fn started(&self) -> usize {
+        self.inner.seen.lock().unwrap().values().sum()
+    }
+
     pub fn count(&self) -> usize {
         self.inner.hits.lock().unwrap().len()
     }
