@@ -284,3 +284,108 @@ async fn three_workers_hold_a_channel_to_200_per_second_and_the_channel_beside_i
     assert_eq!(max_attempts, 1);
     assert_eq!(count(&db, "limited", "failed").await, 0);
 }
+
+/// One series (exact name and labels) on a worker's /metrics; 0 if absent.
+async fn metric(addr: &str, series: &str) -> f64 {
+    let Ok(r) = reqwest::get(format!("http://{addr}/metrics")).await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    let series = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_does_not_answer_a_limited_channel_waits_and_then_resumes_without_a_burst() {
+    // (A gate call that fails while the lock works, e.g. a master lost
+    // between the two, defers the channel's rows: `tests/it/gate.rs` shows
+    // the call failing, `worker::gate` turns that into a deferral.)
+    let mut redis = crate::redis_procs::RedisProc::start();
+    let db = TestDb::new().await;
+    let limited = Receiver::ok(Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[channels.limited]\ntransport = \"webhook\"\nurl = \"{}\"\n\
+             rate_limit = {{ rate = \"20/s\", burst = 5 }}\n",
+            limited.url()
+        ),
+    )
+    .unwrap();
+    insert_due(&db, "limited", 400).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let worker = WorkerProc::spawn(
+        &db,
+        &key_prefix(),
+        &[
+            ("HERALD_CONFIG", config.display().to_string()),
+            ("HERALD_REDIS_URLS", redis.url()),
+            ("HERALD_POLL_INTERVAL_MS", "50".into()),
+            ("HERALD_HTTP_ADDR", addr.clone()),
+        ],
+    );
+    wait_until("40 limited deliveries", Duration::from_secs(30), || async {
+        limited.count() >= 40
+    })
+    .await;
+    redis.pause();
+    // In-flight sends end within a moment; after that nothing goes out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = limited.count();
+    // The lock needs Redis too: polls fail, so nothing is claimed (and
+    // nothing burns an attempt) until it answers again.
+    wait_until("failing polls", Duration::from_secs(10), || async {
+        metric(&addr, "herald_poll_errors_total").await > 0.0
+    })
+    .await;
+    wait_until("3 s of outage", Duration::from_secs(10), || async {
+        limited.count() > before || Instant::now() > limited_last(&limited) + Duration::from_secs(3)
+    })
+    .await;
+    assert_eq!(limited.count(), before, "sent while Redis did not answer");
+    let resumed = Instant::now();
+    redis.resume();
+    wait_until("deliveries again", Duration::from_secs(20), || async {
+        limited.count() > before
+    })
+    .await;
+    wait_until(
+        "3 s after the first delivery after resume",
+        Duration::from_secs(20),
+        || async { Instant::now() > resumed + Duration::from_secs(6) },
+    )
+    .await;
+    // No burst of what waited: from the first delivery after the outage,
+    // every second carries at most rate + burst (20 + 5; +2 for rows
+    // granted at a second's edge and delivered just after it).
+    let after: Vec<Duration> = limited
+        .hits()
+        .iter()
+        .filter(|h| h.end > resumed)
+        .map(|h| h.end - resumed)
+        .collect();
+    let first = after.iter().min().copied().unwrap();
+    for s in 0..4u32 {
+        let from = first + Duration::from_secs(s as u64);
+        let n = after
+            .iter()
+            .filter(|t| **t >= from && **t < from + Duration::from_secs(1))
+            .count();
+        assert!(
+            n <= 27,
+            "{n} deliveries in second {s} after the outage\n{}",
+            worker.logs()
+        );
+    }
+    let (_, max_attempts) = attempts(&db, "limited").await;
+    assert_eq!(max_attempts, 1, "a deferral used an attempt");
+}
+
+fn limited_last(r: &Receiver) -> Instant {
+    r.hits().iter().map(|h| h.end).max().unwrap()
+}
