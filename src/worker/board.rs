@@ -116,8 +116,26 @@ impl Board {
         if answered {
             t.answered = true;
             t.trailing = 0;
-        } else {
-            t.trailing = t.trailing.saturating_add(1);
+            return;
+        }
+        t.trailing = t.trailing.saturating_add(1);
+        let trailing = t.trailing;
+        drop(p);
+        // This worker alone has seen enough failures in a row: the fleet's
+        // count is at least as high, so the breaker opens with the next
+        // report. Hold the channel's rows from now on instead of sending
+        // the ones waiting for a send slot into the same dead receiver
+        // meanwhile; the next read of the board replaces this guess.
+        if trailing >= policy.failures {
+            let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = view
+                .0
+                .entry(channel.to_owned())
+                .or_insert((trailing, Local::Closed));
+            if entry.1 == Local::Closed {
+                entry.1 = Local::OpenUntil(Instant::now() + policy.cool_down);
+                self.active.store(true, Ordering::Relaxed);
+            }
         }
     }
 
