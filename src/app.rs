@@ -86,8 +86,35 @@ impl App {
         shutdown: CancellationToken,
         on_start: impl FnOnce(WorkerHandle),
     ) -> anyhow::Result<Totals> {
+        // One line per channel with the policy it runs under (the values
+        // in force, defaults resolved; never a secret, only their number).
         for (channel, kind) in self.deps.transports.describe() {
-            tracing::info!(channel, kind, "channel configured");
+            let p = self.config.channel_policies.get(channel);
+            let send_timeout = p.send_timeout.unwrap_or(self.config.send_timeout);
+            let retry = p.retry.as_ref().unwrap_or(&self.config.retry.schedule);
+            let rate_limit = p.rate_limit.map_or("none".to_owned(), |r| {
+                format!("{}/s burst {}", r.per_second, r.burst)
+            });
+            let breaker = match p.breaker {
+                None => "default".to_owned(),
+                Some(b) if b.is_off() => "off".to_owned(),
+                Some(b) => format!(
+                    "{} failures, cool-down {}",
+                    b.failures,
+                    humantime::format_duration(b.cool_down)
+                ),
+            };
+            tracing::info!(
+                channel,
+                kind,
+                send_timeout = %humantime::format_duration(send_timeout),
+                retry_schedule = %retry,
+                rate_limit = %rate_limit,
+                max_in_flight = %p.max_in_flight.map_or("none".to_owned(), |n| n.to_string()),
+                breaker = %breaker,
+                signing_secrets = self.deps.transports.signing_keys(channel),
+                "channel configured"
+            );
         }
         if self.deps.transports.for_channel("webhook").is_none() {
             tracing::warn!(
@@ -121,7 +148,13 @@ impl App {
             concurrency = self.config.concurrency,
             batch_size = self.config.batch_size,
             lock_scope = %self.config.lock_scope.as_str(),
-            retry_schedule = %self.config.retry.schedule,
+            retry_schedule = %self
+                .config
+                .channel_policies
+                .default_policy()
+                .retry
+                .as_ref()
+                .unwrap_or(&self.config.retry.schedule),
             "worker starting"
         );
         let worker = Worker::new(

@@ -29,7 +29,8 @@
 //! * [`services`] — the bag of services ([`services::Deps`]) the worker and
 //!   its companions share.
 //! * [`config`] — the global and per-command settings, as CLI flags with
-//!   `HERALD_*` environment equivalents, validated at start-up.
+//!   `HERALD_*` environment equivalents, and the channel config file
+//!   (`HERALD_CONFIG`), validated at start-up.
 //! * [`intake`] — JSON lines to rows, for `herald enqueue`.
 //! * [`metrics`] — the Prometheus registry every part reports to.
 //! * [`store`] — everything that talks to MySQL: connecting, migrations,

@@ -158,6 +158,11 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     fn send<'a>(&'a self, d: &'a Delivery<'a>) -> BoxFuture<'a, SendOutcome>;
     /// `"webhook"`, `"log"` or `"file"`, for logs and metrics labels.
     fn kind(&self) -> &'static str;
+    /// How many secrets sign each delivery (0: unsigned), for the start-up
+    /// log line: during a rotation the operator sees both are in use.
+    fn signing_keys(&self) -> usize {
+        0
+    }
 }
 
 /// Everything the transports are configured from (CLI flags / `HERALD_*`).
@@ -439,6 +444,11 @@ impl Transports {
             .into_iter()
             .map(|n| (n, self.inner.by_channel[n].kind()))
             .collect()
+    }
+
+    /// Secrets signing `channel`'s deliveries (0 for unsigned or unknown).
+    pub fn signing_keys(&self, channel: &str) -> usize {
+        self.for_channel(channel).map_or(0, |t| t.signing_keys())
     }
 
     /// True when some webhook channel sends without `webhook-signature`

@@ -219,6 +219,10 @@ impl Transport for WebhookTransport {
     fn kind(&self) -> &'static str {
         "webhook"
     }
+
+    fn signing_keys(&self) -> usize {
+        self.signer.as_ref().map_or(0, Signer::key_count)
+    }
 }
 
 /// 408 and 429 are the receiver asking us to come back; 5xx (and anything

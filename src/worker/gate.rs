@@ -1,419 +1,210 @@
-//! The worker's side of the delivery gate (`crate::gate`): which rows of a
-//! poll batch may be claimed, and what senders tell the breakers.
+//! Per-channel concurrency caps (`max_in_flight` in the channel file).
 //!
-//! At the poll stage, before claiming: when some channel has a rate limit
-//! or some breaker is not closed, the batch's channels are read (one
-//! primary-key lookup of the picked rows) and rows behind an open breaker
-//! are set aside before locking; once the batch is locked, one
-//! [`Gate::admit`] call judges every gated channel among the locked rows,
-//! and every row that may not go now is moved out of the way with one
-//! [`defer`] write (its `due_at` to when it may go; no attempt used). With
-//! no limits and every breaker closed, none of that runs: the poll is
-//! exactly what it was.
-//!
-//! Senders check the breaker once more right before sending (a row claimed
-//! just before its channel's breaker opened goes back, attempt returned,
-//! instead of into a dead receiver) and tally each outcome on the
-//! [`Board`].
+//! A capped channel's rows wait for their channel's permit *before* they
+//! take one of the process's send permits, so a slow, capped channel never
+//! holds send slots it cannot use. Rows waiting here ("parked") do not
+//! count against the poller's room either, so the rows of other channels
+//! keep being claimed and sent while a capped channel works through its
+//! share. Parking is bounded per channel: a row beyond the bound is handed
+//! back at once and left out of this worker's polls until the channel has
+//! probably caught up, rather than sitting claimed (out of other workers'
+//! reach) for longer than its lock.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::Rng;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::board::{Board, Local};
-use super::Shared;
-use crate::config::WorkerConfig;
-use crate::gate::rate::ProbeAsk;
-use crate::gate::{Ask, Gate};
-use crate::metrics::{DeferLabel, Metrics};
-use crate::policy::BreakerPolicy;
-use crate::store::candidates::Candidate;
-use crate::store::defer::{channels, defer};
+use crate::policy::ChannelPolicies;
 
-/// How long rows of a gated channel wait when the gate cannot be asked
-/// (no Redis master answers): they are never sent unlimited.
-pub(crate) const UNREACHABLE_WAIT: Duration = Duration::from_secs(1);
+/// Rows of one channel that may wait for its permit, as a multiple of the
+/// cap: enough that the channel never waits for a poll, few enough to be
+/// sent well within a lock's validity.
+const PARK_PER_PERMIT: usize = 4;
+/// ...and at least this many, for caps of 1 or 2.
+const PARK_MIN: usize = 8;
 
-/// A probe row this worker is sending.
-#[derive(Debug, Clone)]
-struct Probe {
-    channel: String,
-    token: String,
-}
-
+/// One capped channel.
 #[derive(Debug)]
-pub(crate) struct Gatekeeper {
-    pub(crate) board: Board,
-    /// Some channel has a rate limit: every poll asks the gate.
-    any_rate: bool,
-    /// Some channel has a breaker: the board is kept current.
-    pub(crate) any_breaker: bool,
-    probes: Mutex<HashMap<u64, Probe>>,
-    token_base: String,
-    seq: AtomicU64,
-    last_warned: Mutex<Option<Instant>>,
+pub(crate) struct Gate {
+    cap: usize,
+    permits: Arc<Semaphore>,
+    parked: AtomicUsize,
+    /// Moving average of this channel's send duration, in microseconds:
+    /// how long a handed-back row should stay out of the polls.
+    ewma_us: AtomicU64,
 }
 
-/// The breaker of `channel`, if it has one.
-pub(crate) fn breaker_of(cfg: &WorkerConfig, channel: &str) -> Option<BreakerPolicy> {
-    cfg.channel_policies
-        .get(channel)
-        .breaker
-        .or(cfg.breaker)
-        .filter(|b| b.failures > 0)
+/// Every capped channel's gate, created on first use (a `[defaults]` cap
+/// applies to channels the file does not name, including ones only rows
+/// know about).
+#[derive(Debug)]
+pub(crate) struct Gates {
+    policies: ChannelPolicies,
+    by_channel: Mutex<HashMap<String, Arc<Gate>>>,
+    /// Rows parked over all channels; the poller does not count them.
+    parked: AtomicUsize,
 }
 
-fn send_timeout_of(cfg: &WorkerConfig, channel: &str) -> Duration {
-    cfg.channel_policies
-        .get(channel)
-        .send_timeout
-        .unwrap_or(cfg.send_timeout)
+/// Why a row did not get its channel's permit.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The channel already has as many rows waiting as it may: hand the
+    /// row back and leave it out of polls for this long.
+    Full(Duration),
 }
 
-impl Gatekeeper {
-    pub(crate) fn new(
-        gate: Gate,
-        metrics: Arc<Metrics>,
-        cfg: &WorkerConfig,
-        channels: &[String],
-    ) -> Gatekeeper {
-        let mut policies: Vec<_> = cfg.channel_policies.named().map(|(_, p)| p).collect();
-        policies.push(cfg.channel_policies.default_policy());
-        let any_rate = policies.iter().any(|p| p.rate_limit.is_some());
-        let any_breaker = cfg.breaker.is_some() || policies.iter().any(|p| p.breaker.is_some());
-        let with_breaker: Vec<String> = channels
-            .iter()
-            .filter(|c| breaker_of(cfg, c).is_some())
-            .cloned()
-            .collect();
-        Gatekeeper {
-            board: Board::new(gate, metrics, &with_breaker),
-            any_rate,
-            any_breaker,
-            probes: Mutex::new(HashMap::new()),
-            token_base: cfg.worker_id.clone(),
-            seq: AtomicU64::new(0),
-            last_warned: Mutex::new(None),
+/// A row's place at its channel's gate: the permit, and the gate for the
+/// send's duration afterwards.
+#[derive(Debug)]
+pub(crate) struct Pass {
+    gate: Arc<Gate>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pass {
+    /// Feeds one send's duration into the channel's average.
+    pub fn observe(&self, took: Duration) {
+        let now = (took.as_micros() as u64).max(1);
+        let prev = self.gate.ewma_us.load(Ordering::Relaxed);
+        let next = if prev == 0 { now } else { (prev * 7 + now) / 8 };
+        self.gate.ewma_us.store(next, Ordering::Relaxed);
+    }
+}
+
+impl Gates {
+    pub fn new(policies: ChannelPolicies) -> Gates {
+        Gates {
+            policies,
+            by_channel: Mutex::new(HashMap::new()),
+            parked: AtomicUsize::new(0),
         }
     }
 
-    fn needs_screen(&self) -> bool {
-        self.any_rate || self.board.active()
+    /// Rows waiting for a channel permit.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Acquire)
     }
 
-    /// Sender, right before sending: how long to hold the row back instead
-    /// (its channel's breaker is open and it is not the probe).
-    pub(crate) fn hold(&self, cfg: &WorkerConfig, channel: &str, id: u64) -> Option<Duration> {
-        if !self.board.active() {
-            return None;
-        }
-        breaker_of(cfg, channel)?;
-        if self.is_probe(id) {
-            return None;
-        }
-        match self.board.state(channel) {
-            Local::Closed => None,
-            Local::OpenUntil(t) => Some(t.saturating_duration_since(Instant::now())),
-            // The probe decides within one send.
-            Local::HalfOpen => Some(send_timeout_of(cfg, channel)),
-        }
+    fn gate(&self, channel: &str) -> Option<Arc<Gate>> {
+        let cap = self.policies.get(channel).max_in_flight? as usize;
+        let mut map = self.by_channel.lock().unwrap_or_else(|e| e.into_inner());
+        let gate = map.entry(channel.to_owned()).or_insert_with(|| {
+            Arc::new(Gate {
+                cap,
+                permits: Arc::new(Semaphore::new(cap)),
+                parked: AtomicUsize::new(0),
+                ewma_us: AtomicU64::new(0),
+            })
+        });
+        Some(gate.clone())
     }
 
-    /// Whether this worker holds a probe row right now.
-    pub(crate) fn probing(&self) -> bool {
-        let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
-        !probes.is_empty()
-    }
-
-    fn is_probe(&self, id: u64) -> bool {
-        let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
-        probes.contains_key(&id)
-    }
-
-    /// Sender, after a delivery attempt: `answered` is any answer from the
-    /// receiver (2xx or a permanent refusal), as opposed to a transient
-    /// failure (timeout, connection error, 408/429/5xx).
-    pub(crate) fn outcome(&self, cfg: &WorkerConfig, channel: &str, id: u64, answered: bool) {
-        let Some(policy) = breaker_of(cfg, channel) else {
-            return;
-        };
-        let probe = {
-            let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
-            probes.remove(&id)
-        };
-        match probe {
-            Some(p) => self
-                .board
-                .probe_end(channel, p.token, Some(answered), policy.cool_down),
-            None => self.board.tally(channel, policy, answered),
-        }
-    }
-
-    /// A row is done without a delivery attempt (or its claim failed): if
-    /// it was a probe, the probe key is freed for the next poll.
-    pub(crate) fn not_sent(&self, ids: impl IntoIterator<Item = u64>) {
-        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
-        if probes.is_empty() {
-            return;
-        }
-        for id in ids {
-            if let Some(p) = probes.remove(&id) {
-                self.board
-                    .probe_end(&p.channel, p.token, None, Duration::ZERO);
-            }
-        }
-    }
-
-    /// Before locking: the channel of each picked row (only when some
-    /// channel is gated), and the rows whose breaker is open (held back
-    /// without asking Redis). `None`: nothing is gated, the round goes on
-    /// as if there were no gate.
-    pub(crate) async fn prepare(
+    /// Waits for `channel`'s permit; `Ok(None)` for an uncapped channel.
+    /// `on_park` runs once the row is counted as parked (the poller then
+    /// has room for it).
+    pub async fn enter(
         &self,
-        shared: &Shared,
-        picked: &[(Candidate, String)],
-    ) -> anyhow::Result<Option<Screen>> {
-        if !self.needs_screen() || picked.is_empty() {
+        channel: &str,
+        on_park: impl FnOnce(),
+    ) -> Result<Option<Pass>, Refused> {
+        let Some(gate) = self.gate(channel) else {
             return Ok(None);
+        };
+        if let Ok(permit) = gate.permits.clone().try_acquire_owned() {
+            return Ok(Some(Pass {
+                gate,
+                _permit: permit,
+            }));
         }
-        let cfg = &shared.cfg;
-        let ids: Vec<u64> = picked.iter().map(|(c, _)| c.id).collect();
-        let channel_of = channels(shared.deps.store.pool(), &ids).await?;
-        let now = Instant::now();
-        let mut held = Vec::new();
-        for (c, _) in picked {
-            let Some(channel) = channel_of.get(&c.id) else {
-                continue;
-            };
-            if breaker_of(cfg, channel).is_none() {
-                continue;
-            }
-            if let Local::OpenUntil(t) = self.board.state(channel) {
-                let wait = spread(t.saturating_duration_since(now));
-                held.push((c.id, wait, channel.clone(), "breaker"));
-            }
+        let bound = (gate.cap * PARK_PER_PERMIT).max(PARK_MIN);
+        let parked = gate.parked.fetch_add(1, Ordering::AcqRel) + 1;
+        if parked > bound {
+            gate.parked.fetch_sub(1, Ordering::AcqRel);
+            // Until the rows already waiting are probably through.
+            let per_send = Duration::from_micros(gate.ewma_us.load(Ordering::Relaxed));
+            let wait = per_send.saturating_mul((bound / gate.cap) as u32);
+            return Err(Refused::Full(
+                wait.clamp(Duration::from_millis(500), Duration::from_secs(30)),
+            ));
         }
-        Ok(Some(Screen { channel_of, held }))
-    }
-
-    /// After locking, for the rows whose keys were granted (oldest first):
-    /// one admission call for every gated channel among them, then one
-    /// write deferring every row held back (these and those `prepare` set
-    /// aside). Returns the rows not to claim and how many were deferred.
-    ///
-    /// Admission comes after the lock so that each row is judged by one
-    /// instance only: judged before it, two instances reading the same due
-    /// rows both spent the limit on them, and one deferred rows the other
-    /// was claiming (measured: 135/s delivered on a 200/s limit).
-    pub(crate) async fn admit(
-        &self,
-        shared: &Shared,
-        screen: Screen,
-        locked: &[&Candidate],
-    ) -> (HashSet<u64>, usize) {
-        let cfg = &shared.cfg;
-        let Screen {
-            channel_of,
-            mut held,
-        } = screen;
-        // Rows per gated channel, oldest first, and whether its breaker is
-        // half-open (then one row may probe).
-        let mut order: Vec<(&str, bool)> = Vec::new();
-        let mut rows: HashMap<&str, Vec<u64>> = HashMap::new();
-        let set_aside: HashSet<u64> = held.iter().map(|h| h.0).collect();
-        for c in locked {
-            let Some(channel) = channel_of.get(&c.id) else {
-                continue;
-            };
-            if set_aside.contains(&c.id) {
-                continue;
-            }
-            let channel = channel.as_str();
-            let rate = cfg.channel_policies.get(channel).rate_limit;
-            let local = match breaker_of(cfg, channel) {
-                Some(_) => self.board.state(channel),
-                None => Local::Closed,
-            };
-            if rate.is_none() && local == Local::Closed {
-                continue;
-            }
-            rows.entry(channel)
-                .or_insert_with(|| {
-                    order.push((channel, local != Local::Closed));
-                    Vec::new()
-                })
-                .push(c.id);
-        }
-        let tokens: Vec<String> = order
-            .iter()
-            .map(|(_, probe)| match probe {
-                true => format!(
-                    "{}:{}",
-                    self.token_base,
-                    self.seq.fetch_add(1, Ordering::Relaxed)
-                ),
-                false => String::new(),
-            })
-            .collect();
-        let asks: Vec<Ask<'_>> = order
-            .iter()
-            .zip(&tokens)
-            .map(|((channel, probe), token)| Ask {
-                channel,
-                rows: rows[channel].len() as u32,
-                rate: cfg.channel_policies.get(channel).rate_limit,
-                probe: probe.then_some(ProbeAsk {
-                    token,
-                    ttl: cfg.lock_ttl,
-                }),
-            })
-            .collect();
-        if !asks.is_empty() {
-            match self.board.gate().admit(&asks).await {
-                Ok(verdicts) => {
-                    for (a, v) in asks.iter().zip(verdicts) {
-                        let ids = &rows[a.channel];
-                        let granted = v.granted as usize;
-                        if v.probe {
-                            if let (Some(&id), Some(p)) = (ids.first(), a.probe) {
-                                let mut probes =
-                                    self.probes.lock().unwrap_or_else(|e| e.into_inner());
-                                probes.insert(
-                                    id,
-                                    Probe {
-                                        channel: a.channel.to_owned(),
-                                        token: p.token.to_owned(),
-                                    },
-                                );
-                            }
-                        }
-                        let rated = v.rate_deferred as usize;
-                        // Behind a probe, rows wait for its outcome: one
-                        // send at most, not the probe key's whole TTL.
-                        let wait = match a.probe {
-                            Some(_) => v
-                                .breaker_wait
-                                .min(send_timeout_of(cfg, a.channel) + Duration::from_secs(1)),
-                            None => v.breaker_wait,
-                        };
-                        for (j, id) in ids.iter().enumerate().skip(granted) {
-                            let channel = a.channel.to_owned();
-                            if j < granted + rated {
-                                let k = (j - granted) as u32;
-                                let at = v.rate_start + v.spacing * k;
-                                held.push((*id, at, channel, "rate_limit"));
-                            } else {
-                                held.push((*id, spread(wait), channel, "breaker"));
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.warn_unreachable(&e);
-                    for (channel, _) in &order {
-                        for id in &rows[channel] {
-                            let c = (*channel).to_owned();
-                            held.push((*id, UNREACHABLE_WAIT, c, "gate_unreachable"));
-                        }
-                    }
-                }
-            }
-        }
-        if held.is_empty() {
-            return (HashSet::new(), 0);
-        }
-        let out: HashSet<u64> = held.iter().map(|h| h.0).collect();
-        let writes: Vec<(u64, Duration)> = held.iter().map(|h| (h.0, h.1)).collect();
-        match defer(
-            shared.deps.store.pool(),
-            &shared.regions,
-            &writes,
-            &shared.claim_foreign_locks,
-        )
-        .await
-        {
-            Ok(_) => count_deferred(&shared.deps.metrics, &held),
-            Err(e) => {
-                // They stay out of the next polls for a moment instead.
-                tracing::warn!(error = %e, rows = held.len(), "deferring rows held back by the gate failed");
-                shared.note_busy(out.iter().copied());
-            }
-        }
-        let n = out.len();
-        (out, n)
-    }
-
-    fn warn_unreachable(&self, e: &crate::gate::GateError) {
-        let mut last = self.last_warned.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            *last = Some(Instant::now());
-            tracing::warn!(
-                error = %e,
-                wait_ms = UNREACHABLE_WAIT.as_millis() as u64,
-                "rate limits and breakers cannot be read; rows of gated channels wait"
-            );
-        }
+        self.parked.fetch_add(1, Ordering::AcqRel);
+        // Counted down however the wait ends (a permit, or the caller
+        // dropping this future at shutdown).
+        let unpark = Unpark {
+            gate: &gate,
+            gates: self,
+        };
+        on_park();
+        let permit = gate
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("gate semaphores are never closed");
+        drop(unpark);
+        Ok(Some(Pass {
+            gate,
+            _permit: permit,
+        }))
     }
 }
 
-/// A breaker's wait plus up to a tenth (at most 1 s) more, so rows held
-/// together do not all come due in the same instant.
-fn spread(wait: Duration) -> Duration {
-    let extra = (wait / 10).min(Duration::from_secs(1));
-    if extra.is_zero() {
-        return wait;
-    }
-    wait + extra.mul_f64(rand::rng().random::<f64>())
+struct Unpark<'a> {
+    gate: &'a Gate,
+    gates: &'a Gates,
 }
 
-/// Rows held back: id, how long, channel, reason (the metric's label).
-type Held = (u64, Duration, String, &'static str);
-
-/// What [`Gatekeeper::prepare`] found, for [`Gatekeeper::admit`].
-#[derive(Debug)]
-pub(crate) struct Screen {
-    channel_of: HashMap<u64, String>,
-    held: Vec<Held>,
-}
-
-impl Screen {
-    /// Rows set aside before locking (their breaker is open).
-    pub(crate) fn set_aside(&self) -> HashSet<u64> {
-        self.held.iter().map(|h| h.0).collect()
+impl Drop for Unpark<'_> {
+    fn drop(&mut self) {
+        self.gate.parked.fetch_sub(1, Ordering::AcqRel);
+        self.gates.parked.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-fn count_deferred(metrics: &Metrics, held: &[Held]) {
-    let mut n: HashMap<(&str, &str), u64> = HashMap::new();
-    for (_, _, channel, reason) in held {
-        *n.entry((channel.as_str(), reason)).or_default() += 1;
-    }
-    for ((channel, reason), k) in n {
-        metrics
-            .deferred
-            .get_or_create(&DeferLabel {
-                channel: channel.to_owned(),
-                reason: reason.to_owned(),
-            })
-            .inc_by(k);
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ChannelPolicy;
 
-/// Keeps the board current while the worker runs; a last flush once
-/// `stop` fires reports the final outcomes.
-pub(crate) async fn run_board(shared: Arc<Shared>, stop: tokio_util::sync::CancellationToken) {
-    if !shared.gate.any_breaker {
-        return;
+    fn gates(cap: u32) -> Gates {
+        let mut named = HashMap::new();
+        named.insert(
+            "capped".to_owned(),
+            ChannelPolicy {
+                max_in_flight: Some(cap),
+                ..ChannelPolicy::default()
+            },
+        );
+        Gates::new(ChannelPolicies::new(ChannelPolicy::default(), named))
     }
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(super::board::FLUSH) => {}
-            _ = stop.cancelled() => break,
+
+    #[tokio::test]
+    async fn caps_park_and_refuse_beyond_the_bound() {
+        let g = Arc::new(gates(1));
+        assert!(g.enter("free", || {}).await.unwrap().is_none());
+        let first = g.enter("capped", || {}).await.unwrap().unwrap();
+        // PARK_MIN rows may wait behind it; the next is refused.
+        let mut waiting = Vec::new();
+        for _ in 0..PARK_MIN {
+            let g = g.clone();
+            waiting.push(tokio::spawn(async move {
+                g.enter("capped", || {}).await.map(|p| p.is_some())
+            }));
         }
-        shared.gate.board.flush().await;
+        while g.parked() < PARK_MIN {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            g.enter("capped", || {}).await,
+            Err(Refused::Full(_))
+        ));
+        drop(first);
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Ok(true));
+        }
+        assert_eq!(g.parked(), 0);
     }
-    shared.gate.board.flush().await;
 }

@@ -20,11 +20,14 @@
 //!   `dispatch`; plus `pick` and `claim_ahead`.
 //! * `job` — the types the three tasks hand each other (`ClaimBatch`,
 //!   `Job`, `Done`); below all three, so they never import each other.
-//! * [`send`] — one delivery: checks, permit, lock validity, transport,
-//!   and the [`crate::store::finish::Finish`] it results in.
+//! * [`send`] — one delivery: checks, the channel's policy (timeout,
+//!   schedule), permits, lock validity, transport, and the
+//!   [`crate::store::finish::Finish`] it results in.
+//! * `gate` — per-channel concurrency caps (`max_in_flight`), taken before
+//!   the process's send permits.
 //! * [`finish`] — batched outcome writes, rows locked elsewhere written
 //!   again shortly, counters by [`crate::outcome::Outcome`], key release.
-//! * `gate` — rate limits and circuit breakers at the poll stage (rows
+//! * `admission` — rate limits and circuit breakers at the poll stage (rows
 //!   that may not go now are deferred before locking) and in senders;
 //!   `board` — this worker's copy of the fleet's breakers, kept current by
 //!   batched reports (see [`crate::gate`]).
@@ -40,6 +43,7 @@
 //! releases every lock, and `run` returns. A second signal cuts the grace
 //! short ([`WorkerHandle::abort_now`]).
 
+pub(crate) mod admission;
 pub mod backoff;
 pub(crate) mod board;
 pub mod finish;
@@ -104,6 +108,8 @@ pub(crate) struct Shared {
     pub regions: Vec<String>,
     /// One permit per concurrent delivery.
     pub send_permits: Semaphore,
+    /// Per-channel caps, taken before a send permit.
+    pub gates: gate::Gates,
     /// KiB of large payloads being sent at once (see [`PAYLOAD_BUDGET_KIB`]).
     pub payload_budget: Semaphore,
     /// Rows claimed and not yet finished.
@@ -141,7 +147,7 @@ pub(crate) struct Shared {
     /// rows, which says nothing about the rows a finish writes.
     pub finish_foreign_locks: crate::store::ForeignLocks,
     /// Rate limits and circuit breakers.
-    pub gate: gate::Gatekeeper,
+    pub admission: admission::Gatekeeper,
 }
 
 impl Shared {
@@ -165,8 +171,14 @@ impl Shared {
     const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
 
     pub(crate) fn note_busy(&self, ids: impl Iterator<Item = u64>) {
+        self.note_busy_for(ids, Self::BUSY_FOR);
+    }
+
+    /// [`Shared::note_busy`] for a given time (a capped channel's rows
+    /// handed back stay out until the channel has probably caught up).
+    pub(crate) fn note_busy_for(&self, ids: impl Iterator<Item = u64>, time: std::time::Duration) {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let until = Instant::now() + Self::BUSY_FOR;
+        let until = Instant::now() + time;
         for id in ids {
             if busy.len() >= 100_000 {
                 break;
@@ -201,6 +213,14 @@ impl Shared {
     pub(crate) fn add_in_flight(&self, n: usize) {
         let now = self.in_flight.fetch_add(n, Ordering::AcqRel) + n;
         self.deps.metrics.in_flight.set(now as i64);
+    }
+
+    /// Claimed rows that take up room: those parked at a channel's gate
+    /// do not (see [`gate`]).
+    pub(crate) fn occupied(&self) -> usize {
+        self.in_flight
+            .load(Ordering::Acquire)
+            .saturating_sub(self.gates.parked())
     }
 
     /// Rows finished: lowers the count and wakes a poller waiting for room.
@@ -282,15 +302,16 @@ impl Worker {
             .into_iter()
             .map(|(c, _)| c.to_string())
             .collect();
-        let gate = gate::Gatekeeper::new(
+        let admission = admission::Gatekeeper::new(
             crate::gate::Gate::new(deps.redlock.clone()),
             deps.metrics.clone(),
             &cfg,
             &channels,
         );
         let shared = Arc::new(Shared {
-            gate,
+            admission,
             send_permits: Semaphore::new(cfg.concurrency),
+            gates: gate::Gates::new(cfg.channel_policies.clone()),
             payload_budget: Semaphore::new(PAYLOAD_BUDGET_KIB as usize),
             deps,
             cfg,
@@ -325,7 +346,7 @@ impl Worker {
         let Worker { shared, finish_rx } = self;
         let finisher = tokio::spawn(finish::run(shared.clone(), finish_rx));
         let board_stop = CancellationToken::new();
-        let board = tokio::spawn(gate::run_board(shared.clone(), board_stop.clone()));
+        let board = tokio::spawn(admission::run_board(shared.clone(), board_stop.clone()));
         let poller = tokio::spawn(poll::run(shared.clone()));
 
         shutdown.cancelled().await;

@@ -69,7 +69,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let send_us = shared.send_ewma_us.load(Ordering::Relaxed) as f64;
         let capacity =
             cfg.concurrency + claim_ahead(cfg.concurrency, cfg.batch_size, poll_us, send_us);
-        let room = || capacity.saturating_sub(shared.in_flight.load(Ordering::Acquire)) >= min_room;
+        let room = || capacity.saturating_sub(shared.occupied()) >= min_room;
         if !room() {
             tokio::select! {
                 _ = wait_for(&shared.room, room) => {}
@@ -80,7 +80,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
         let want = cfg
             .batch_size
-            .min(capacity.saturating_sub(shared.in_flight.load(Ordering::Acquire)))
+            .min(capacity.saturating_sub(shared.occupied()))
             .max(1);
         let started = Instant::now();
         let slice = spreader.next();
@@ -152,7 +152,7 @@ async fn poll_once(
         return Ok(Round::default());
     }
     let picked = pick_with_keys(&candidates, want, shared.cfg.lock_scope);
-    let screen = shared.gate.prepare(shared, &picked).await?;
+    let screen = shared.admission.prepare(shared, &picked).await?;
     let picked = match &screen {
         Some(s) => {
             let aside = s.set_aside();
@@ -183,7 +183,7 @@ async fn poll_once(
             .filter(|(_, k)| lock.as_ref().is_some_and(|l| l.is_granted(k)))
             .map(|(c, _)| c)
             .collect();
-        let (out, deferred) = shared.gate.admit(shared, screen, &locked).await;
+        let (out, deferred) = shared.admission.admit(shared, screen, &locked).await;
         round.deferred = deferred;
         if !out.is_empty() {
             picked.retain(|(c, _)| !out.contains(&c.id));
@@ -197,12 +197,12 @@ async fn poll_once(
     }
     let result = claim_granted(shared, &lock, &picked).await;
     // A probe row that was not claimed frees the probe for the next poll.
-    if shared.gate.probing() {
+    if shared.admission.probing() {
         let claimed: HashSet<u64> = match &result {
             Ok(jobs) => jobs.iter().map(|j| j.id).collect(),
             Err(_) => HashSet::new(),
         };
-        shared.gate.not_sent(
+        shared.admission.not_sent(
             picked
                 .iter()
                 .map(|(c, _)| c.id)

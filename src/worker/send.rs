@@ -1,14 +1,24 @@
 //! Senders: deliver claimed rows and turn each outcome into a [`Finish`].
+//!
+//! Each row follows its channel's policy ([`crate::policy::ChannelPolicy`]):
+//! its send timeout (for the transport, the outer bound and the lock
+//! check), its retry schedule (with the process-wide floors and caps), and
+//! its concurrency cap (a [`super::gate`] permit taken before the process's
+//! send permit).
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use super::gate::Refused;
 use super::job::{ClaimBatch, Done, Job};
 use super::Shared;
 use super::{PAYLOAD_BUDGET_KIB, PAYLOAD_COPIES};
+use crate::config::WorkerConfig;
+use crate::policy::{ChannelPolicy, RetryPolicy};
 use crate::store::claim::{self, INLINE_PAYLOAD_MAX};
 use crate::store::finish::Finish;
 use crate::transport::{Delivery, SendOutcome};
@@ -21,11 +31,30 @@ pub(crate) async fn run_item(shared: Arc<Shared>, batch: Arc<ClaimBatch>, job: J
 
 /// User scope: one user's rows in due order, never two at once; the user's
 /// key is released after the last one.
+/// Once one row is handed back, so are the user's later rows: sending them
+/// would overtake it.
 pub(crate) async fn run_user(shared: Arc<Shared>, batch: Arc<ClaimBatch>, jobs: Vec<Job>) {
     let count = jobs.len();
+    let mut handing_back = false;
     for (i, job) in jobs.into_iter().enumerate() {
-        let (finish, lag) = deliver(&shared, &batch, &job).await;
+        let (finish, lag) = match handing_back {
+            true => (Finish::HandBack, None),
+            false => deliver(&shared, &batch, &job).await,
+        };
+        handing_back |= finish == Finish::HandBack;
         report(&shared, batch.clone(), job, finish, lag, i + 1 == count);
+    }
+}
+
+/// The retry policy of a channel: its own schedule, if it has one, with
+/// the process-wide floor and `Retry-After` cap.
+fn retry_policy<'a>(cfg: &'a WorkerConfig, policy: &ChannelPolicy) -> Cow<'a, RetryPolicy> {
+    match &policy.retry {
+        Some(schedule) => Cow::Owned(RetryPolicy {
+            schedule: schedule.clone(),
+            ..cfg.retry.clone()
+        }),
+        None => Cow::Borrowed(&cfg.retry),
     }
 }
 
@@ -39,7 +68,7 @@ fn report(
 ) {
     // A probe row that ends here without a delivery attempt frees the
     // probe (one that was sent has already reported).
-    shared.gate.not_sent([job.id]);
+    shared.admission.not_sent([job.id]);
     let done = Done::Row {
         batch,
         id: job.id,
@@ -68,6 +97,8 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
     if shared.stop.is_cancelled() {
         return (Finish::HandBack, None);
     }
+    let policy = cfg.channel_policies.get(&row.channel);
+    let send_timeout = policy.send_timeout.unwrap_or(cfg.send_timeout);
     if row.expires_at.is_some_and(|t| t <= Utc::now()) {
         tracing::debug!(id = row.id, "expired before sending");
         return (Finish::Expired, None);
@@ -99,8 +130,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                 tracing::warn!(id = row.id, error = %e, "reading the payload failed; retrying later");
                 // The database failed us, not the receiver: retry on the
                 // schedule, or soon if it is used up.
-                let delay = cfg
-                    .retry
+                let delay = retry_policy(cfg, policy)
                     .delay_after(row.attempts, crate::policy::RetryCause::Error, None)
                     .unwrap_or(Duration::from_secs(1));
                 return (
@@ -130,6 +160,19 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         }
     };
 
+    // The channel's permit first: a capped channel's rows wait without
+    // holding one of the process's send permits.
+    let pass = tokio::select! {
+        r = shared.gates.enter(&row.channel, || shared.room.notify_waiters()) => match r {
+            Ok(pass) => pass,
+            Err(Refused::Full(out_for)) => {
+                tracing::debug!(id = row.id, channel = %row.channel, "channel at its cap; handing back");
+                shared.note_busy_for(std::iter::once(row.id), out_for);
+                return (Finish::HandBack, None);
+            }
+        },
+        _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+    };
     let _permit = tokio::select! {
         p = shared.send_permits.acquire() => match p {
             Ok(p) => p,
@@ -142,7 +185,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
     }
     // Step 4 of the protocol: send only while the lock outlives the send.
     let margin = cfg.lock_ttl / 20;
-    if batch.lock.remaining_validity() < cfg.send_timeout + margin {
+    if batch.lock.remaining_validity() < send_timeout + margin {
         tracing::debug!(
             id = row.id,
             "lock validity too short for another send; handing back"
@@ -153,7 +196,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
     // The channel's breaker may have opened since the claim: hand the row
     // back (attempt returned) until it may let rows through, rather than
     // send it into a receiver the fleet has found dead.
-    if let Some(wait) = shared.gate.hold(cfg, &row.channel, row.id) {
+    if let Some(wait) = shared.admission.hold(cfg, &row.channel, row.id) {
         tracing::debug!(id = row.id, channel = %row.channel, "breaker open; row deferred unsent");
         shared
             .deps
@@ -186,7 +229,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
     let started = Instant::now();
     // The transport enforces the send timeout itself; this outer bound only
     // guards against a transport that does not.
-    let outer = cfg.send_timeout + Duration::from_secs(1);
+    let outer = send_timeout + Duration::from_secs(1);
     let outcome = tokio::select! {
         o = tokio::time::timeout(outer, transport.send(&delivery)) => o.unwrap_or_else(|_| SendOutcome::timeout(format!("timeout after {outer:?}"))),
         _ = shared.abort.cancelled() => {
@@ -195,6 +238,9 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         }
     };
     let took = started.elapsed();
+    if let Some(pass) = &pass {
+        pass.observe(took);
+    }
     shared
         .deps
         .metrics
@@ -210,7 +256,9 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
     };
     shared.send_ewma_us.store(next, Ordering::Relaxed);
     let answered = !matches!(outcome, SendOutcome::Transient { .. });
-    shared.gate.outcome(cfg, &row.channel, row.id, answered);
+    shared
+        .admission
+        .outcome(cfg, &row.channel, row.id, answered);
 
     match outcome {
         SendOutcome::Sent => {
@@ -227,7 +275,8 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             retry_after,
             cause,
         } => {
-            let Some(delay) = cfg.retry.delay_after(row.attempts, cause, retry_after) else {
+            let retry = retry_policy(cfg, policy);
+            let Some(delay) = retry.delay_after(row.attempts, cause, retry_after) else {
                 tracing::warn!(id = row.id, attempts = row.attempts, reason = %reason, "giving up: retry schedule used up");
                 return (
                     failed(format!("gave up after {} attempts: {reason}", row.attempts)),

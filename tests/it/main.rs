@@ -3,6 +3,7 @@
 
 mod bench;
 mod channels;
+mod channels_worker;
 mod companions;
 mod deploy;
 mod faults;
