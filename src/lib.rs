@@ -38,6 +38,9 @@
 //!   status counts and pruning.
 //! * [`transport`] — delivers one notification (webhook, log, file) and says
 //!   whether a failure is transient or permanent.
+//! * [`gate`] — fleet-wide rate limits and circuit breakers per channel,
+//!   state in Redis (one Lua call per poll batch); the worker's adapter is
+//!   `worker::admission`.
 //! * [`lock`] — our own Redlock over 1..N Redis masters: single and batched
 //!   acquire, extend, release, watchdog, once-per-window keys, health probe.
 //!   Self-contained: usable as a library on its own.
@@ -57,6 +60,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod companions;
 pub mod config;
+pub mod gate;
 pub mod http;
 pub mod intake;
 pub mod lock;

@@ -32,6 +32,20 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label of per-channel gate metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: String,
+}
+
+/// Label of rows the gate held back: the channel and why (`rate_limit`,
+/// `breaker`, `gate_unreachable`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeferLabel {
+    pub channel: String,
+    pub reason: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +70,8 @@ pub struct Metrics {
     pub lock_acquire_duration: Histogram,
     pub in_flight: Gauge,
     pub due_backlog: Gauge,
+    pub breaker_open: Family<ChannelLabel, Gauge>,
+    pub deferred: Family<DeferLabel, Counter>,
 }
 
 impl Metrics {
@@ -97,6 +113,8 @@ impl Metrics {
             lock_acquire_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             in_flight: Gauge::default(),
             due_backlog: Gauge::default(),
+            breaker_open: Family::default(),
+            deferred: Family::default(),
             registry: Registry::default(),
         };
         registry.register("claimed", "Rows claimed for sending", m.claimed.clone());
@@ -195,6 +213,16 @@ impl Metrics {
             "due_backlog",
             "Due rows seen by the last backlog count (the cleanup gate counts at most threshold + 1)",
             m.due_backlog.clone(),
+        );
+        registry.register(
+            "breaker_open",
+            "1 while a channel's circuit breaker is open or half-open (fleet-wide state, as this instance last read it), else 0",
+            m.breaker_open.clone(),
+        );
+        registry.register(
+            "deferred",
+            "Rows held back unsent without using an attempt, by channel and reason (rate_limit, breaker, gate_unreachable)",
+            m.deferred.clone(),
         );
         if let Some(redlock) = redlock {
             registry.register_collector(Box::new(LockCollector { redlock }));

@@ -18,6 +18,9 @@ pub enum BenchScenario {
     Lag,
     /// S1 while cleanup deletes a backlog of old sent rows, next to a plain S1 run.
     Cleanup,
+    /// A healthy channel's throughput while another channel's receiver never answers,
+    /// against the same channel alone (circuit breaker): M=20,000 on the healthy one, W=2.
+    Breaker,
     /// The database alone: the protocol's statements for M rows on --w connections (1,2), no workers, no Redis.
     Ceiling,
 }
@@ -32,6 +35,7 @@ impl BenchScenario {
             BenchScenario::Lag => "lag",
             BenchScenario::Cleanup => "cleanup",
             BenchScenario::Ceiling => "ceiling",
+            BenchScenario::Breaker => "breaker",
         }
     }
 }

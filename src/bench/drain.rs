@@ -122,6 +122,7 @@ pub async fn run(
         file_latency_ms: if webhook { 0 } else { params.l_ms },
         webhook_url: receiver.as_ref().map(Receiver::url),
         cleanup: extras.cleanup.clone(),
+        extra: Vec::new(),
     };
     let mut lines = LineCounter::open(&output)?;
     let t0 = Instant::now();

@@ -25,6 +25,8 @@ pub struct FleetEnv {
     pub webhook_url: Option<String>,
     /// `HERALD_CLEANUP*`/`HERALD_RETENTION*` settings; cleanup is off when empty.
     pub cleanup: Vec<(&'static str, String)>,
+    /// Any other worker settings of the scenario (channels, timeouts).
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl Fleet {
@@ -65,7 +67,7 @@ impl Fleet {
             if let Some(url) = &env.webhook_url {
                 cmd.env("HERALD_WEBHOOK_URL", url);
             }
-            for (k, v) in &env.cleanup {
+            for (k, v) in env.cleanup.iter().chain(&env.extra) {
                 cmd.env(k, v);
             }
             let child = cmd

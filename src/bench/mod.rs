@@ -17,6 +17,8 @@
 //! * [`receiver`] — the in-process webhook receiver.
 //! * [`lag`] — steady enqueue, delivery lag percentiles.
 //! * [`cleanup`] — S1 next to S1 with a cleanup backlog.
+//! * [`breaker`] — a healthy channel's throughput beside a dead one
+//!   (circuit breaker), against the channel alone.
 //! * [`ceiling`] — the protocol's statements alone, no workers: the
 //!   database's bound on S1.
 //! * [`report`] — the JSON line.
@@ -26,6 +28,7 @@
 //!   integration tests).
 
 pub mod args;
+pub mod breaker;
 pub mod ceiling;
 pub mod cleanup;
 pub mod delivered;
@@ -78,6 +81,7 @@ impl Params {
             BenchScenario::Ceiling => (50_000, vec![1, 2], 1, 0, 0),
             BenchScenario::Locks => (0, vec![1], 64, 0, 3),
             BenchScenario::S1 | BenchScenario::Webhook => (50_000, vec![2], 64, 0, 0),
+            BenchScenario::Breaker => (20_000, vec![2], 64, 0, 0),
         };
         let ws = match &args.w {
             None => ws,
@@ -172,6 +176,15 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode
             let mut clean = true;
             for &streams in &params.ws {
                 let r = ceiling::run(&settings, &params, streams).await?;
+                clean &= r.is_clean();
+                report::emit(&r, params.json)?;
+            }
+            clean
+        }
+        BenchScenario::Breaker => {
+            let mut clean = true;
+            for &w in &params.ws {
+                let r = breaker::run(&settings, &params, w).await?;
                 clean &= r.is_clean();
                 report::emit(&r, params.json)?;
             }

@@ -86,3 +86,36 @@ async fn handle(State(inner): State<Arc<Inner>>, body: Bytes) -> StatusCode {
     inner.count.fetch_add(1, Ordering::Relaxed);
     StatusCode::OK
 }
+
+/// A TCP port that accepts connections and never answers: a receiver that
+/// is down behind a live load balancer, the costliest kind of dead (every
+/// request waits for the whole send timeout). Stopped on drop.
+#[derive(Debug)]
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    pub async fn start() -> anyhow::Result<BlackHole> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        Ok(BlackHole { addr, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

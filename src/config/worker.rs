@@ -9,10 +9,29 @@ use clap::{Args, ValueEnum};
 
 use super::channels_file;
 use crate::cleanup::config::{CleanupConfig, CleanupTaskArgs};
-use crate::policy::{ChannelPolicies, RetryPolicy, RetrySchedule};
+use crate::policy::{BreakerPolicy, ChannelPolicies, RetryPolicy, RetrySchedule};
 use crate::secret::SecretString;
 use crate::setting::ConfigError;
 use crate::transport::{TransportConfigError, TransportSettings};
+
+/// Default of `HERALD_BREAKER_FAILURES`. A healthy receiver with a 1 %
+/// error rate fails ten times in a row about once in 10^20 deliveries, while
+/// a dead one gets there within the first batch; fewer would open on
+/// ordinary flakiness, many more would keep send slots tied up in timeouts
+/// for longer. The default cool-down (30 s) is the first retry delay: a
+/// routine deploy is over by the first probe, and a dead receiver gets one
+/// request per 30 s from the whole fleet.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 10;
+
+/// A breaker's cool-down: `30s`, `500ms`, `2m`; more than zero, at most a day.
+fn parse_cool_down(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 500ms or 2m ({e})"))?;
+    if d.is_zero() || d > Duration::from_secs(86_400) {
+        return Err(format!("{s:?} must be more than 0 and at most 1d"));
+    }
+    Ok(d)
+}
 
 /// Which key a worker locks before claiming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,6 +104,16 @@ pub struct WorkerArgs {
     #[arg(long, env = "HERALD_RETRY_MAX_MS",
         value_parser = clap::value_parser!(u64).range(1..=30 * 86_400_000))]
     pub retry_max_ms: Option<u64>,
+    /// Circuit breaker of every channel (a channel's `breaker` in HERALD_CONFIG
+    /// wins): consecutive transient failures, fleet-wide, that open it; 0 = off.
+    #[arg(long, env = "HERALD_BREAKER_FAILURES", default_value_t = DEFAULT_BREAKER_FAILURES,
+        value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub breaker_failures: u32,
+    /// How long an open breaker holds its channel's rows before one probe
+    /// delivery decides (e.g. 30s, 500ms, 2m; up to 1d).
+    #[arg(long, env = "HERALD_BREAKER_COOL_DOWN", default_value = "30s",
+        value_parser = parse_cool_down)]
+    pub breaker_cool_down: Duration,
     /// On SIGTERM/SIGINT, how long in-flight sends may take before their claims are handed back.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
@@ -155,6 +184,8 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// What a channel sets differently from the process-wide settings.
     pub channel_policies: ChannelPolicies,
+    /// The breaker of channels that set none; `None`: off.
+    pub breaker: Option<BreakerPolicy>,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     pub cleanup: Option<CleanupConfig>,
@@ -277,6 +308,10 @@ impl WorkerArgs {
             send_timeout,
             retry,
             channel_policies,
+            breaker: (self.breaker_failures > 0).then_some(BreakerPolicy {
+                failures: self.breaker_failures,
+                cool_down: self.breaker_cool_down,
+            }),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             worker_id,
             cleanup: if self.cleanup.enabled {

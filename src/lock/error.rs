@@ -23,6 +23,10 @@ pub enum LockError {
         needed: usize,
         causes: Vec<MasterFailure>,
     },
+    /// No master answered a request that needs only one (see
+    /// [`Redlock::on_first_master`](super::Redlock::on_first_master)).
+    #[error("no Redis master answered ({})", CauseList(causes))]
+    NoMaster { causes: Vec<MasterFailure> },
     /// The TTL leaves no validity once the clock-drift allowance is taken off;
     /// rejected up front instead of spinning on attempts that can never succeed.
     #[error("ttl {ttl:?} is too short for the clock drift allowance {drift:?}")]
@@ -50,7 +54,10 @@ impl LockError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            LockError::Contended | LockError::NoQuorum { .. } | LockError::ValidityExhausted { .. }
+            LockError::Contended
+                | LockError::NoQuorum { .. }
+                | LockError::NoMaster { .. }
+                | LockError::ValidityExhausted { .. }
         )
     }
 }

@@ -15,6 +15,9 @@
 //! * `watchdog` — [`Redlock::with_lock`]: renews while the work runs and tells
 //!   the work when the lock is lost.
 //! * `window` — [`Redlock::once_per_window`] and the health [`Redlock::probe`].
+//! * `first` — [`Redlock::on_first_master`]: one request to the first master
+//!   that answers, for state the fleet keeps in one place (the delivery
+//!   gate's rate limits and breakers).
 //! * `round` — one request per master, decided as early as possible.
 //! * `coalesce` — concurrent single-key acquires and releases share one
 //!   round trip per master.
@@ -108,6 +111,7 @@ mod breaker;
 mod coalesce;
 pub mod config;
 pub mod error;
+mod first;
 mod held;
 mod master;
 pub mod metrics;

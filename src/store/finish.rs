@@ -77,6 +77,12 @@ pub enum Finish {
     /// pending again now, and the attempt the claim counted is given back;
     /// `cancelled` instead if a cancel was requested.
     HandBack,
+    /// Not attempted because the channel's circuit breaker opened after
+    /// the claim: pending again after `delay_us` (when the breaker may
+    /// let rows through), and the attempt the claim counted is given back.
+    Defer {
+        delay_us: i64,
+    },
 }
 
 /// How many rows each kind of finish recorded (now, or in an earlier
@@ -182,6 +188,16 @@ pub async fn finish_rows(
                     ),
                     &mut counts[Outcome::Expired],
                 ),
+                Finish::Defer { delay_us } => (
+                    sqlx::query(
+                        "UPDATE notifications SET status = IF(cancel_requested_at IS NULL, 'pending', 'cancelled'), \
+                         finished_at = IF(cancel_requested_at IS NULL, finished_at, UTC_TIMESTAMP(6)), \
+                         due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+                         lease_until = NULL, attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                    )
+                    .bind(*delay_us),
+                    &mut counts[Outcome::HandedBack],
+                ),
                 Finish::HandBack => (
                     sqlx::query(
                         "UPDATE notifications SET status = IF(cancel_requested_at IS NULL, 'pending', 'cancelled'), \
@@ -243,7 +259,7 @@ impl Finish {
             Finish::Retry { .. } => Outcome::Retried,
             Finish::Failed { .. } => Outcome::Failed,
             Finish::Expired => Outcome::Expired,
-            Finish::HandBack => Outcome::HandedBack,
+            Finish::HandBack | Finish::Defer { .. } => Outcome::HandedBack,
         }
     }
 }
@@ -268,7 +284,7 @@ fn final_status(f: &Finish) -> &'static str {
         Finish::Sent => "sent",
         Finish::Failed { .. } => "failed",
         Finish::Expired => "expired",
-        Finish::Retry { .. } | Finish::HandBack => "pending",
+        Finish::Retry { .. } | Finish::HandBack | Finish::Defer { .. } => "pending",
     }
 }
 

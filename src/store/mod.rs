@@ -10,6 +10,8 @@
 //! * [`candidates`] — the due rows (protocol step 1).
 //! * [`claim`] — the fenced claim and the read-back (step 3).
 //! * [`ops`] — what operators do to rows: show, list, retry, cancel, counts.
+//! * [`defer`] — rows of a rate-limited or broken channel moved out of the
+//!   way (their `due_at` to when they may go), without an attempt.
 //! * [`finish`] — the outcome writes, each fenced by the claim (step 5),
 //!   and the isolated `failed` write of a row nothing else can write.
 //! * `guarded` — statements that never wait for rows another transaction
@@ -24,6 +26,7 @@
 pub mod candidates;
 pub mod claim;
 pub mod connect;
+pub mod defer;
 pub mod enqueue;
 pub mod finish;
 mod guarded;

@@ -23,12 +23,16 @@
 //! * [`send`] — one delivery: checks, the channel's policy (timeout,
 //!   schedule), permits, lock validity, transport, and the
 //!   [`crate::store::finish::Finish`] it results in.
-//! * `gate` — per-channel concurrency caps (`max_in_flight`), taken before
+//! * `caps` — per-channel concurrency caps (`max_in_flight`), taken before
 //!   the process's send permits.
 //! * [`finish`] — batched outcome writes, rows locked elsewhere written
 //!   again shortly, counters by [`crate::outcome::Outcome`], key release.
 //! * `cancel` — the batched check for cancel requests on rows that waited
 //!   since their claim (`herald cancel`).
+//! * `admission` — rate limits and circuit breakers at the poll stage (rows
+//!   that may not go now are deferred before locking) and in senders;
+//!   `board` — this worker's copy of the fleet's breakers, kept current by
+//!   batched reports (see [`crate::gate`]).
 //! * [`backoff`] — idle poll back-off (retry delays: [`crate::policy`]).
 //! * `spread` — which slice of the candidates each round reads.
 //! * this file — [`Worker`], its [`WorkerHandle`] and the state the tasks
@@ -41,10 +45,12 @@
 //! releases every lock, and `run` returns. A second signal cuts the grace
 //! short ([`WorkerHandle::abort_now`]).
 
+pub(crate) mod admission;
 pub mod backoff;
 pub(crate) mod cancel;
+pub(crate) mod board;
 pub mod finish;
-pub(crate) mod gate;
+pub(crate) mod caps;
 pub(crate) mod job;
 pub mod poll;
 pub mod send;
@@ -106,7 +112,7 @@ pub(crate) struct Shared {
     /// One permit per concurrent delivery.
     pub send_permits: Semaphore,
     /// Per-channel caps, taken before a send permit.
-    pub gates: gate::Gates,
+    pub gates: caps::Gates,
     /// KiB of large payloads being sent at once (see [`PAYLOAD_BUDGET_KIB`]).
     pub payload_budget: Semaphore,
     /// Rows claimed and not yet finished.
@@ -145,6 +151,8 @@ pub(crate) struct Shared {
     pub finish_foreign_locks: crate::store::ForeignLocks,
     /// Asks whether rows that waited since their claim were cancelled.
     pub cancels: cancel::CancelCheck,
+    /// Rate limits and circuit breakers.
+    pub admission: admission::Gatekeeper,
 }
 
 impl Shared {
@@ -213,7 +221,7 @@ impl Shared {
     }
 
     /// Claimed rows that take up room: those parked at a channel's gate
-    /// do not (see [`gate`]).
+    /// do not (see [`caps`]).
     pub(crate) fn occupied(&self) -> usize {
         self.in_flight
             .load(Ordering::Acquire)
@@ -295,9 +303,22 @@ impl Worker {
     pub fn new(deps: Deps, cfg: WorkerConfig, regions: Vec<String>) -> Worker {
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         let (cancels, cancel_rx) = cancel::CancelCheck::new();
+        let channels: Vec<String> = deps
+            .transports
+            .describe()
+            .into_iter()
+            .map(|(c, _)| c.to_string())
+            .collect();
+        let admission = admission::Gatekeeper::new(
+            crate::gate::Gate::new(deps.redlock.clone()),
+            deps.metrics.clone(),
+            &cfg,
+            &channels,
+        );
         let shared = Arc::new(Shared {
+            admission,
             send_permits: Semaphore::new(cfg.concurrency),
-            gates: gate::Gates::new(cfg.channel_policies.clone()),
+            gates: caps::Gates::new(cfg.channel_policies.clone()),
             payload_budget: Semaphore::new(PAYLOAD_BUDGET_KIB as usize),
             deps,
             cfg,
@@ -341,6 +362,8 @@ impl Worker {
         } = self;
         tokio::spawn(cancel::run(shared.deps.store.pool().clone(), cancel_rx));
         let finisher = tokio::spawn(finish::run(shared.clone(), finish_rx));
+        let board_stop = CancellationToken::new();
+        let board = tokio::spawn(admission::run_board(shared.clone(), board_stop.clone()));
         let poller = tokio::spawn(poll::run(shared.clone()));
 
         shutdown.cancelled().await;
@@ -369,6 +392,10 @@ impl Worker {
         shared.finish_tx.send(job::Done::Close).ok();
         if let Err(e) = finisher.await {
             tracing::error!(error = %e, "finisher task failed");
+        }
+        board_stop.cancel();
+        if let Err(e) = board.await {
+            tracing::error!(error = %e, "breaker board task failed");
         }
         let count = |o| totals.outcomes[o];
         tracing::info!(

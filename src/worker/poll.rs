@@ -29,6 +29,8 @@ struct Round {
     /// Keys asked for and keys another owner held.
     keys: usize,
     contended: usize,
+    /// Rows the gate moved out of the way (rate limit, breaker).
+    deferred: usize,
 }
 
 /// How many rows beyond the send slots a worker keeps claimed.
@@ -105,8 +107,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             spreader.observe(round.keys, round.contended);
         }
         let pause = match result {
-            // More is due: poll again at once.
-            Ok(round) if round.claimed > 0 && round.candidates >= want => {
+            // More is due: poll again at once. Rows the gate deferred have
+            // left the head of the queue, so the next read finds others.
+            Ok(round) if (round.claimed > 0 || round.deferred > 0) && round.candidates >= want => {
                 backoff.reset();
                 None
             }
@@ -149,18 +152,64 @@ async fn poll_once(
         return Ok(Round::default());
     }
     let picked = pick_with_keys(&candidates, want, shared.cfg.lock_scope);
-    let (lock, keys, contended) = lock_batch(shared, &picked).await?;
+    let screen = shared.admission.prepare(shared, &picked).await?;
+    let picked = match &screen {
+        Some(s) => {
+            let aside = s.set_aside();
+            picked
+                .into_iter()
+                .filter(|(c, _)| !aside.contains(&c.id))
+                .collect()
+        }
+        None => picked,
+    };
     let mut round = Round {
         candidates: candidates.len(),
-        claimed: 0,
-        keys,
-        contended,
+        ..Round::default()
+    };
+    let lock = if picked.is_empty() {
+        None
+    } else {
+        let (lock, keys, contended) = lock_batch(shared, &picked).await?;
+        round.keys = keys;
+        round.contended = contended;
+        Some(lock)
+    };
+    // The gate judges only rows this round holds the keys of.
+    let mut picked = picked;
+    if let Some(screen) = screen {
+        let locked: Vec<&Candidate> = picked
+            .iter()
+            .filter(|(_, k)| lock.as_ref().is_some_and(|l| l.is_granted(k)))
+            .map(|(c, _)| c)
+            .collect();
+        let (out, deferred) = shared.admission.admit(shared, screen, &locked).await;
+        round.deferred = deferred;
+        if !out.is_empty() {
+            picked.retain(|(c, _)| !out.contains(&c.id));
+        }
+    }
+    let Some(lock) = lock else {
+        return Ok(round);
     };
     if lock.granted().is_empty() {
         return Ok(round);
     }
-    let jobs = claim_granted(shared, &lock, &picked).await?;
-    round.claimed = dispatch(shared, lock, started, jobs);
+    let result = claim_granted(shared, &lock, &picked).await;
+    // A probe row that was not claimed frees the probe for the next poll.
+    if shared.admission.probing() {
+        let claimed: HashSet<u64> = match &result {
+            Ok(jobs) => jobs.iter().map(|j| j.id).collect(),
+            Err(_) => HashSet::new(),
+        };
+        shared.admission.not_sent(
+            picked
+                .iter()
+                .map(|(c, _)| c.id)
+                .filter(|id| !claimed.contains(id)),
+        );
+    }
+    round.claimed = dispatch(shared, lock, started, result?);
     Ok(round)
 }
 

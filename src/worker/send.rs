@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::gate::Refused;
+use super::caps::Refused;
 use super::job::{ClaimBatch, Done, Job};
 use super::Shared;
 use super::{PAYLOAD_BUDGET_KIB, PAYLOAD_COPIES};
@@ -66,6 +66,9 @@ fn report(
     lag: Option<f64>,
     release: bool,
 ) {
+    // A probe row that ends here without a delivery attempt frees the
+    // probe (one that was sent has already reported).
+    shared.admission.not_sent([job.id]);
     let done = Done::Row {
         batch,
         id: job.id,
@@ -196,6 +199,29 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         tracing::info!(id = row.id, "cancel requested before the send; not sending");
         return (Finish::HandBack, None);
     }
+
+    // The channel's breaker may have opened since the claim: hand the row
+    // back (attempt returned) until it may let rows through, rather than
+    // send it into a receiver the fleet has found dead.
+    if let Some(wait) = shared.admission.hold(cfg, &row.channel, row.id) {
+        tracing::debug!(id = row.id, channel = %row.channel, "breaker open; row deferred unsent");
+        shared
+            .deps
+            .metrics
+            .deferred
+            .get_or_create(&crate::metrics::DeferLabel {
+                channel: row.channel.clone(),
+                reason: "breaker".into(),
+            })
+            .inc();
+        return (
+            Finish::Defer {
+                delay_us: wait.as_micros().min(i64::MAX as u128) as i64,
+            },
+            None,
+        );
+    }
+
     let key = row.idempotency_key();
     let send_at = row.send_at.unwrap_or(row.due_at);
     let delivery = Delivery {
@@ -236,6 +262,10 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         (prev * 7 + now_us) / 8
     };
     shared.send_ewma_us.store(next, Ordering::Relaxed);
+    let answered = !matches!(outcome, SendOutcome::Transient { .. });
+    shared
+        .admission
+        .outcome(cfg, &row.channel, row.id, answered);
 
     match outcome {
         SendOutcome::Sent => {

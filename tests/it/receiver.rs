@@ -39,6 +39,9 @@ struct Inner {
     seen: Mutex<HashMap<u64, usize>>,
     latency: Duration,
     script: Box<Script>,
+    /// While set, requests are accepted and not answered (a dead receiver
+    /// behind a live load balancer); the client's timeout ends them.
+    hold: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub struct Receiver {
@@ -58,12 +61,27 @@ impl Receiver {
         latency: Duration,
         script: impl Fn(u64, usize) -> (u16, Option<u64>) + Send + Sync + 'static,
     ) -> Receiver {
+        Self::build(latency, Box::new(script), None).await
+    }
+
+    /// Answers 200 at once, except while `down` is set: then it accepts
+    /// each request and never answers it.
+    pub async fn hanging_while(down: Arc<std::sync::atomic::AtomicBool>) -> Receiver {
+        Self::build(Duration::ZERO, Box::new(|_, _| (200, None)), Some(down)).await
+    }
+
+    async fn build(
+        latency: Duration,
+        script: Box<Script>,
+        hold: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Receiver {
         let inner = Arc::new(Inner {
             in_progress: Default::default(),
             hits: Mutex::new(Vec::new()),
             seen: Mutex::new(HashMap::new()),
             latency,
-            script: Box::new(script),
+            script,
+            hold,
         });
         let app = Router::new()
             .route("/hook", post(handle))
@@ -89,6 +107,11 @@ impl Receiver {
         self.inner
             .in_progress
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests received so far, answered or not.
+    pub fn started(&self) -> usize {
+        self.inner.seen.lock().unwrap().values().sum()
     }
 
     pub fn count(&self) -> usize {
@@ -126,6 +149,11 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     if !inner.latency.is_zero() {
         tokio::time::sleep(inner.latency).await;
+    }
+    if let Some(hold) = &inner.hold {
+        while hold.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     inner
         .in_progress

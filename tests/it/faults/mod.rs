@@ -150,6 +150,10 @@ impl Rig {
             ("HERALD_MAX_ATTEMPTS", "1000".to_owned()),
             ("HERALD_RETRY_BASE_MS", "200".to_owned()),
             ("HERALD_RETRY_MAX_MS", "1000".to_owned()),
+            // A fault that makes sends fail (a full disk) opens the
+            // channel's breaker; probing every second, like the retries
+            // above, keeps recovery within a second of the fault's end.
+            ("HERALD_BREAKER_COOL_DOWN", "1s".to_owned()),
         ]
     }
 

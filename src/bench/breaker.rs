@@ -1,0 +1,222 @@
+//! `herald bench breaker`: a healthy channel's throughput while another
+//! channel's receiver is dead, against the same channel alone.
+//!
+//! Two runs on fresh databases, the same W workers and settings:
+//!
+//! * alone: M rows on channel `b` (webhook to an in-process receiver that
+//!   answers after L ms);
+//! * beside a dead channel: M/4 rows on channel `a`, whose receiver
+//!   accepts connections and never answers, enqueued first (so they sit at
+//!   the head of the queue), then the same M rows on `b`.
+//!
+//! Each run is timed until every `b` row is finished; the figures are `b`'s
+//! rate beside the dead channel over its rate alone, over the whole drain
+//! (`ratio`: includes the first send timeout, during which the dead
+//! channel's first rows hold send slots) and over the middle half of it
+//! (`steady_ratio`: once the breaker is open; the issue asks ≥ 0.9). Without the breaker, `a`'s rows would hold send slots for a
+//! whole send timeout on every attempt; with it they hold them only until
+//! `failures` timeouts came back, then wait unsent (the report gives their
+//! attempts: they stay near one). The workers get
+//! `HERALD_SEND_TIMEOUT_MS=1000` (other settings from the environment, as
+//! for every scenario), so the slots `a` holds before its breaker opens
+//! are held for a second, not ten.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use chrono::Utc;
+
+use super::drain::key_prefix;
+use super::fleet::{Fleet, FleetEnv};
+use super::receiver::{BlackHole, Receiver};
+use super::report::{round, Report};
+use super::workload::{self, BenchDb};
+use super::Params;
+use crate::config::Settings;
+use crate::store::Store;
+
+/// Send timeout the workers get in both runs.
+const SEND_TIMEOUT_MS: u64 = 1_000;
+
+/// Both runs and their ratio.
+pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Result<Report> {
+    let alone = once(settings, params, w, false).await?;
+    let beside = once(settings, params, w, true).await?;
+    let ratio = beside.rate / alone.rate;
+    let steady = beside.steady / alone.steady;
+    eprintln!(
+        "bench breaker W={w}: b alone {:.0}/s, beside a dead channel {:.0}/s: {:.1} % \
+         (middle half of the drain: {:.0}/s vs {:.0}/s, {:.1} %)",
+        alone.rate,
+        beside.rate,
+        ratio * 100.0,
+        alone.steady,
+        beside.steady,
+        steady * 100.0
+    );
+    let mut report = Report {
+        system: "herald",
+        scenario: "breaker",
+        m: params.m,
+        w,
+        c: params.c,
+        l_ms: params.l_ms,
+        wall_s: round(beside.wall.as_secs_f64(), 3),
+        jobs_per_s: round(beside.rate, 1),
+        dupes: 0,
+        lost: alone.lost + beside.lost,
+        peak_rss_mib: round(alone.peak.max(beside.peak), 1),
+        ideal_ratio: None,
+        extra: Default::default(),
+    };
+    report.set("alone_jobs_per_s", round(alone.rate, 1));
+    report.set("alone_wall_s", round(alone.wall.as_secs_f64(), 3));
+    report.set("ratio", round(ratio, 3));
+    report.set("steady_jobs_per_s", round(beside.steady, 1));
+    report.set("alone_steady_jobs_per_s", round(alone.steady, 1));
+    report.set("steady_ratio", round(steady, 3));
+    report.set("dead_rows", params.m / 4);
+    report.set("dead_attempts_total", beside.dead_attempts.0);
+    report.set("dead_attempts_max", beside.dead_attempts.1);
+    report.set("dead_failed", beside.dead_failed);
+    report.set("send_timeout_ms", SEND_TIMEOUT_MS);
+    Ok(report)
+}
+
+struct Run {
+    wall: Duration,
+    rate: f64,
+    /// Rate between a quarter and three quarters of `b` delivered: past
+    /// start-up (and the first send timeout of the dead channel's rows).
+    steady: f64,
+    lost: u64,
+    peak: f64,
+    dead_attempts: (i64, i64),
+    dead_failed: i64,
+}
+
+async fn once(settings: &Settings, params: &Params, w: usize, dead: bool) -> anyhow::Result<Run> {
+    let label = format!(
+        "bench breaker W={w} ({})",
+        if dead {
+            "beside a dead channel"
+        } else {
+            "alone"
+        }
+    );
+    let db = BenchDb::create(&settings.database_url, params.keep).await?;
+    let region = settings.regions[0].as_str();
+    let send_at = Utc::now() - chrono::Duration::seconds(1);
+    let dead_rows = params.m / 4;
+    if dead {
+        workload::enqueue(&db.store, 0, dead_rows, params.users, "a", region, send_at).await?;
+    }
+    workload::enqueue(&db.store, 0, params.m, params.users, "b", region, send_at).await?;
+    workload::settle(&db.store).await?;
+    eprintln!("{label}: enqueued; starting workers");
+    let receiver = Receiver::start(Duration::from_millis(params.l_ms)).await?;
+    let hole = BlackHole::start().await?;
+    let env = FleetEnv {
+        database_url: db.url.expose().to_owned(),
+        key_prefix: key_prefix(),
+        concurrency: params.c,
+        extra: vec![
+            (
+                "HERALD_CHANNELS",
+                format!("a=webhook:{},b=webhook:{}", hole.url(), receiver.url()),
+            ),
+            ("HERALD_SEND_TIMEOUT_MS", SEND_TIMEOUT_MS.to_string()),
+        ],
+        ..FleetEnv::default()
+    };
+    let t0 = Instant::now();
+    let mut fleet = Fleet::start(settings, w, &env)?;
+    let mut last_report = Instant::now();
+    let (mut q1, mut q3) = (None, None);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fleet.check_alive()?;
+        let d = receiver.count();
+        if q1.is_none() && d >= params.m / 4 {
+            q1 = Some((t0.elapsed(), d));
+        }
+        if q3.is_none() && d >= params.m * 3 / 4 {
+            q3 = Some((t0.elapsed(), d));
+        }
+        if receiver.count() >= params.m && unfinished(&db.store, "b").await? == 0 {
+            break;
+        }
+        if t0.elapsed() > params.timeout {
+            bail!("{label}: b not finished after {:?}", params.timeout);
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "{label}: b delivered {}/{}, {:.1} s",
+                receiver.count(),
+                params.m,
+                t0.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+    }
+    let wall = t0.elapsed();
+    let steady = match (q1, q3) {
+        (Some((t1, d1)), Some((t3, d3))) if t3 > t1 => (d3 - d1) as f64 / (t3 - t1).as_secs_f64(),
+        _ => params.m as f64 / wall.as_secs_f64(),
+    };
+    let peak = fleet.peak_rss_mib();
+    let dead_attempts = attempts(&db.store, "a").await?;
+    let dead_failed = failed(&db.store, "a").await?;
+    fleet.stop(super::drain::STOP_GRACE).await?;
+    let lost = params.m.saturating_sub(sent(&db.store, "b").await?);
+    db.finish().await?;
+    Ok(Run {
+        wall,
+        rate: params.m as f64 / wall.as_secs_f64(),
+        steady,
+        lost,
+        peak,
+        dead_attempts,
+        dead_failed,
+    })
+}
+
+async fn unfinished(store: &Store, channel: &str) -> anyhow::Result<u64> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM notifications WHERE channel = ? AND status IN ('pending','sending')",
+    )
+    .bind(channel)
+    .fetch_one(store.pool())
+    .await?;
+    Ok(n as u64)
+}
+
+async fn sent(store: &Store, channel: &str) -> anyhow::Result<u64> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM notifications WHERE channel = ? AND status = 'sent'",
+    )
+    .bind(channel)
+    .fetch_one(store.pool())
+    .await?;
+    Ok(n as u64)
+}
+
+async fn failed(store: &Store, channel: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM notifications WHERE channel = ? AND status = 'failed'",
+    )
+    .bind(channel)
+    .fetch_one(store.pool())
+    .await?)
+}
+
+/// Sum and largest of the channel's attempts.
+async fn attempts(store: &Store, channel: &str) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(attempts), 0) AS SIGNED), CAST(COALESCE(MAX(attempts), 0) AS SIGNED) \
+         FROM notifications WHERE channel = ?",
+    )
+    .bind(channel)
+    .fetch_one(store.pool())
+    .await?)
+}
