@@ -44,13 +44,14 @@
 //!   enqueue.
 //! * [`outcome`] — what became of a claimed row, and counters keyed by it.
 //! * [`telemetry`] — tracing subscriber set-up (text or JSON).
-//! * Leaves: [`policy`] (the retry schedule), [`setting`] (the error naming a setting, durations), [`name`]
+//! * Leaves: [`cause`] (error chains printed with each cause once), [`policy`] (the retry schedule), [`setting`] (the error naming a setting, durations), [`name`]
 //!   (the one rule for region and channel names), [`secret`] (URLs and
 //!   strings whose secrets never reach logs, errors or `Debug` output; the
 //!   one redaction).
 
 pub mod app;
 pub mod bench;
+pub mod cause;
 pub mod cleanup;
 pub mod cli;
 pub mod companions;

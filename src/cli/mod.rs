@@ -119,7 +119,7 @@ pub fn main(cli: Cli) -> ExitCode {
             if let Some(cfg) = err.downcast_ref::<ConfigError>() {
                 return config_error(cfg);
             }
-            eprintln!("herald: error: {err:#}");
+            eprintln!("herald: error: {}", crate::cause::chain(&err));
             ExitCode::FAILURE
         }
     }

@@ -70,6 +70,9 @@ pub enum Finish {
     Failed {
         error: String,
     },
+    /// Past `expires_at` when its turn came: not attempted, so the
+    /// attempt the claim counted is given back (a row that expired unsent
+    /// shows `attempts = 0`).
     Expired,
     /// Not attempted (shutdown, or the lock ran short): pending again now,
     /// and the attempt the claim counted is given back.
@@ -172,8 +175,8 @@ pub async fn finish_rows(
                 ),
                 Finish::Expired => (
                     sqlx::query(
-                        "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL \
-                         WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                        "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+                         attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
                     ),
                     &mut counts[Outcome::Expired],
                 ),

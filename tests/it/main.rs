@@ -5,6 +5,7 @@ mod bench;
 mod companions;
 mod deploy;
 mod faults;
+mod firstrun;
 mod foundation;
 mod helpers;
 mod lock;
