@@ -14,6 +14,8 @@ mod mariadb_proc;
 mod policy;
 mod receiver;
 mod redis_procs;
+mod redis_tls;
+mod secrets;
 mod store_edges;
 mod transport;
 mod worker;
