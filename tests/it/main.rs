@@ -7,6 +7,7 @@ mod deploy;
 mod faults;
 mod firstrun;
 mod foundation;
+mod harness;
 mod helpers;
 mod lock;
 mod lock_faults;

@@ -10,7 +10,7 @@ use herald::secret::SecretUrl;
 use herald::store::Store;
 
 use crate::helpers::{
-    herald, key_prefix, text, unique, wait_until, TestDb, WorkerProc, MYSQL_SERVER,
+    herald, key_prefix, mysql_server, text, unique, wait_until, TestDb, WorkerProc,
 };
 use crate::redis_procs::{free_port, RedisProc};
 
@@ -41,7 +41,7 @@ impl Drop for DbUser {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let server = SecretUrl::parse(&format!("{MYSQL_SERVER}/mysql")).unwrap();
+                let server = SecretUrl::parse(&format!("{}/mysql", mysql_server())).unwrap();
                 if let Ok(admin) = Store::connect(&server, 1).await {
                     let _ = sqlx::query(&format!("DROP USER IF EXISTS '{name}'@'%'"))
                         .execute(admin.pool())
@@ -62,7 +62,7 @@ async fn no_secret_of_any_url_setting_appears_in_help_logs_http_or_errors() {
         "--user", "default", "off", "--user", "herald", "on", ">RdPw7x", "~*", "&*", "+@all",
     ]);
     let closed = free_port();
-    let server = MYSQL_SERVER.trim_start_matches("mysql://root@");
+    let server = mysql_server().trim_start_matches("mysql://root@");
     // (variable, working value, failing value, the secrets in them)
     let settings: Vec<(&str, String, String, Vec<&str>)> = vec![
         (
