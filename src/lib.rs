@@ -17,6 +17,8 @@
 //!   `main.rs` only calls into it.
 //! * [`bench`](mod@bench) — `herald bench`: the shared benchmark workload against real
 //!   worker processes, and its flags. Uses the library like any caller.
+//! * [`demo`] — `herald demo`: servers found or started, a realistic mix,
+//!   a checking receiver, three workers (one killed), a summary.
 //! * [`app`] — the one place that assembles the store, the lock, the
 //!   transports and metrics from validated settings, and runs the worker
 //!   with its companions.
@@ -56,6 +58,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod companions;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod intake;
 pub mod lock;

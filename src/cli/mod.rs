@@ -4,7 +4,7 @@
 //! [`crate::app`]), so the tests drive the same code paths the binary does.
 //!
 //! * [`migrate`], [`enqueue`], [`status`], [`worker`], [`cleanup`],
-//!   [`bench`](mod@bench) — one module per command;
+//!   [`demo`], [`bench`](mod@bench) — one module per command;
 //! * [`env`](mod@env) — the warning about `HERALD_*` variables no flag reads.
 //!
 //! Exit codes: 0 success, 1 the command ran but something failed (rejected
@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod cleanup;
+pub mod demo;
 pub mod enqueue;
 pub mod env;
 pub mod migrate;
@@ -57,6 +58,8 @@ pub enum Command {
     Cleanup(CleanupCmdArgs),
     /// Benchmarks: a summary per run, or one JSON line per run with --json.
     Bench(BenchArgs),
+    /// See Herald work end to end in under 30 s: private servers if none answer, three workers, one killed.
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the process arguments; value errors also name the environment
@@ -138,6 +141,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker::run(settings, &args).await,
         Command::Cleanup(args) => cleanup::run(&settings, &args).await,
         Command::Bench(args) => bench::run(settings, args).await,
+        Command::Demo(args) => demo::run(&settings, &args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod companions;
+mod demo;
 mod deploy;
 mod faults;
 mod firstrun;
