@@ -93,3 +93,35 @@ fn the_short_demo_starts_private_servers_when_nothing_answers_and_removes_them()
         .unwrap_or_else(|| panic!("no directory in {stderr}"));
     assert!(!std::path::Path::new(dir).exists(), "{dir} was left behind");
 }
+
+/// Without the server programs the demo says in one message how to get
+/// them, instead of failing somewhere inside.
+#[test]
+fn the_demo_says_how_to_install_missing_servers() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = herald(None)
+        .env("PATH", empty.path())
+        .env(
+            "HERALD_DATABASE_URL",
+            format!("mysql://root@127.0.0.1:{}/herald", free_port()),
+        )
+        .args(["demo", "--short"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("herald: error:"))
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("is not installed"), "{err}");
+    assert!(
+        err.contains("apt-get install -y mariadb-server redis-server"),
+        "{err}"
+    );
+    assert!(err.contains("brew install mariadb redis"), "{err}");
+    assert!(err.contains("docker compose"), "{err}");
+}
