@@ -56,37 +56,43 @@ pub async fn report(pool: &MySqlPool, regions: &[String]) -> Result<RetryReport,
     let mut out = RetryReport::default();
     let mut errors: Vec<ChannelError> = Vec::new();
     for region in regions {
-        let (waiting, examined): (u64, u64) = sqlx::query_as(
-            "SELECT CAST(COALESCE(SUM(attempts > 0), 0) AS UNSIGNED), CAST(COUNT(*) AS UNSIGNED) \
-             FROM (SELECT attempts FROM notifications FORCE INDEX (ix_notifications_due) \
-                   WHERE region = ? AND status = 'pending' AND due_at > UTC_TIMESTAMP(6) \
-                   ORDER BY due_at LIMIT ?) w",
+        // One walk of the window: per channel its retry-waiting rows and
+        // its newest error; `examined` is the window's size.
+        let rows = sqlx::query(
+            "SELECT channel, waiting, examined, age_s, last_error FROM ( \
+               SELECT channel, last_error, \
+                 TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(6)) AS age_s, \
+                 CAST(SUM(attempts > 0) OVER (PARTITION BY channel) AS SIGNED) AS waiting, \
+                 CAST(COUNT(*) OVER () AS SIGNED) AS examined, \
+                 ROW_NUMBER() OVER (PARTITION BY channel \
+                   ORDER BY attempts > 0 AND last_error IS NOT NULL DESC, updated_at DESC) AS rn \
+               FROM (SELECT channel, updated_at, last_error, attempts \
+                     FROM notifications FORCE INDEX (ix_notifications_due) \
+                     WHERE region = ? AND status = 'pending' AND due_at > UTC_TIMESTAMP(6) \
+                     ORDER BY due_at LIMIT ?) w) x \
+             WHERE rn = 1",
         )
         .bind(region)
         .bind(RETRY_WINDOW)
-        .fetch_one(pool)
+        .fetch_all(pool)
         .await?;
-        out.retry_waiting += waiting;
-        out.retry_waiting_is_lower_bound |= examined >= RETRY_WINDOW;
-        if waiting > 0 {
-            let rows = sqlx::query(
-                "SELECT channel, age_s, last_error, n FROM ( \
-                   SELECT channel, TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(6)) AS age_s, last_error, \
-                     ROW_NUMBER() OVER (PARTITION BY channel ORDER BY updated_at DESC) AS rn, \
-                     COUNT(*) OVER (PARTITION BY channel) AS n \
-                   FROM (SELECT channel, updated_at, last_error, attempts \
-                         FROM notifications FORCE INDEX (ix_notifications_due) \
-                         WHERE region = ? AND status = 'pending' AND due_at > UTC_TIMESTAMP(6) \
-                         ORDER BY due_at LIMIT ?) w \
-                   WHERE attempts > 0 AND last_error IS NOT NULL) x \
-                 WHERE rn = 1",
-            )
-            .bind(region)
-            .bind(RETRY_WINDOW)
-            .fetch_all(pool)
-            .await?;
-            for r in rows {
-                merge(&mut errors, decode(&r, "pending")?);
+        for r in rows {
+            let waiting = r.try_get::<i64, _>("waiting")?.max(0) as u64;
+            let examined = r.try_get::<i64, _>("examined")?.max(0) as u64;
+            out.retry_waiting += waiting;
+            out.retry_waiting_is_lower_bound |= examined >= RETRY_WINDOW;
+            let error: Option<String> = r.try_get("last_error")?;
+            if let (true, Some(error)) = (waiting > 0, error) {
+                merge(
+                    &mut errors,
+                    ChannelError {
+                        channel: r.try_get("channel")?,
+                        status: "pending".into(),
+                        age_s: r.try_get::<Option<i64>, _>("age_s")?.unwrap_or(0),
+                        error,
+                        rows: waiting,
+                    },
+                );
             }
         }
     }

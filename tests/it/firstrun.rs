@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{herald, key_prefix, text, wait_until, TestDb, WorkerProc};
+use crate::helpers::{
+    herald, key_prefix, mysql_server, text, wait_until, DbName, TestDb, WorkerProc,
+};
 use crate::redis_procs::free_port;
 
 /// `HERALD_LOG=hrald=debug` is valid syntax that enables nothing of
@@ -183,4 +185,32 @@ async fn an_unreachable_redis_is_named_with_its_cause_in_readyz_and_in_one_poll_
         .filter(|l| !l.contains("circuit breaker opened"))
         .collect::<Vec<_>>();
     assert!(polls <= warnings && other.is_empty(), "{logs}");
+}
+
+/// `cleanup --once` on a database that exists but was never migrated
+/// printed a bare "error 1146".
+#[tokio::test]
+async fn cleanup_on_an_unmigrated_database_says_to_run_migrate() {
+    let db = DbName::new();
+    let server = herald::secret::SecretUrl::parse(&format!("{}/mysql", mysql_server())).unwrap();
+    let admin = herald::store::Store::connect(&server, 1).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE `{}`", db.name))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    admin.close().await;
+    for args in [&["cleanup", "--once"][..], &["cleanup", "--dry-run"]] {
+        let out = herald(None)
+            .env("HERALD_DATABASE_URL", db.url.expose())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("run `herald migrate` first"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("1146"), "{args:?}: {err}");
+    }
 }
