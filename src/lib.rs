@@ -15,10 +15,10 @@
 //!
 //! * [`cli`] — the `herald` command line, one thin module per command;
 //!   `main.rs` only calls into it.
-//! * [`bench`](mod@bench) — `herald bench`: the shared benchmark workload against real
-//!   worker processes, and its flags. Uses the library like any caller.
 //! * [`demo`] — `herald demo`: servers found or started, a realistic mix,
 //!   a checking receiver, three workers (one killed), a summary.
+//! * [`bench`](mod@bench) — `herald bench`: the shared benchmark workload against real
+//!   worker processes, and its flags. Uses the library like any caller.
 //! * [`app`] — the one place that assembles the store, the lock, the
 //!   transports and metrics from validated settings, and runs the worker
 //!   with its companions.
