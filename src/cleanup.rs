@@ -186,7 +186,7 @@ impl Cleanup {
                 ),
                 Err(e) => {
                     self.metrics.cleanup_errors.inc();
-                    warn!(error = format!("{e:#}"), "cleanup: failed");
+                    warn!(error = crate::cause::chain(&e), "cleanup: failed");
                 }
             }
             // A tick that overran its slot starts the next one at once

@@ -15,6 +15,8 @@
 //!
 //! * [`cli`] — the `herald` command line, one thin module per command;
 //!   `main.rs` only calls into it.
+//! * [`demo`] — `herald demo`: servers found or started, a realistic mix,
+//!   a checking receiver, three workers (one killed), a summary.
 //! * [`bench`](mod@bench) — `herald bench`: the shared benchmark workload against real
 //!   worker processes, and its flags. Uses the library like any caller.
 //! * [`app`] — the one place that assembles the store, the lock, the
@@ -48,7 +50,7 @@
 //!   enqueue.
 //! * [`outcome`] — what became of a claimed row, and counters keyed by it.
 //! * [`telemetry`] — tracing subscriber set-up (text or JSON).
-//! * Leaves: [`policy`] (the retry schedule), [`setting`] (the error naming a setting, durations), [`name`]
+//! * Leaves: [`cause`] (error chains printed with each cause once), [`policy`] (the retry schedule), [`setting`] (the error naming a setting, durations), [`name`]
 //!   (the one rule for region and channel names), [`secret`] (URLs and
 //!   strings whose secrets never reach logs, errors or `Debug` output; the
 //!   one redaction).
@@ -56,10 +58,12 @@
 pub mod admin;
 pub mod app;
 pub mod bench;
+pub mod cause;
 pub mod cleanup;
 pub mod cli;
 pub mod companions;
 pub mod config;
+pub mod demo;
 pub mod gate;
 pub mod http;
 pub mod intake;

@@ -82,16 +82,30 @@ impl SecretUrl {
     }
 }
 
-/// A parsed URL with its password (if any) replaced by `***`: the one
-/// redaction every typed URL in Herald goes through.
+/// A parsed URL with its password (if any) and the value of each query
+/// parameter replaced by `***`: the one redaction every typed URL in Herald
+/// goes through. Query values go too because webhook receivers commonly
+/// take their token there (`?token=…`); the names stay, for debugging.
 pub fn redact_url(url: &url::Url) -> String {
-    if url.password().is_none() {
+    if url.password().is_none() && url.query().is_none() {
         return url.to_string();
     }
     let mut shown = url.clone();
-    // set_password only fails for URLs that cannot have credentials, and
-    // those cannot have a password to hide either.
-    let _ = shown.set_password(Some("***"));
+    if url.password().is_some() {
+        // set_password only fails for URLs that cannot have credentials,
+        // and those cannot have a password to hide either.
+        let _ = shown.set_password(Some("***"));
+    }
+    if let Some(query) = url.query() {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}=***"),
+                None => "***".to_owned(),
+            })
+            .collect();
+        shown.set_query(Some(&masked.join("&")));
+    }
     shown.to_string()
 }
 
@@ -104,16 +118,24 @@ pub fn redact_url(url: &url::Url) -> String {
 /// and the last `@` before the next `://` counts as user info
 /// and is hidden whole (user names too: a bare token has no `:`). This
 /// over-redacts a path holding an `@`, which is the safe way to be wrong.
+/// Likewise everything after a `?` up to the next `://` counts as a query
+/// that may carry a token (it may also swallow the next list entries).
 pub fn secret_spans(raw: &str) -> Vec<std::ops::Range<usize>> {
     let starts: Vec<usize> = raw.match_indices("://").map(|(i, _)| i + 3).collect();
     let mut spans = Vec::new();
     for (n, &start) in starts.iter().enumerate() {
         let end = starts.get(n + 1).map_or(raw.len(), |&next| next - 3);
-        let Some(at) = raw[start..end].rfind('@') else {
-            continue;
-        };
-        if at > 0 {
-            spans.push(start..start + at);
+        let mut rest = start;
+        if let Some(at) = raw[start..end].rfind('@') {
+            if at > 0 {
+                spans.push(start..start + at);
+            }
+            rest = start + at;
+        }
+        if let Some(q) = raw[rest..end].find('?') {
+            if rest + q + 1 < end {
+                spans.push(rest + q + 1..end);
+            }
         }
     }
     spans
@@ -173,6 +195,8 @@ mod tests {
         assert!(!format!("{u}").contains("hunter2"));
         assert!(!format!("{u:?}").contains("hunter2"));
         assert!(u.expose().contains("hunter2"));
+        let u = SecretUrl::parse("https://h/in?token=T0k3n&flag").unwrap();
+        assert_eq!(u.to_string(), "https://h/in?token=***&***");
         let s = SecretString::new("whsec_abc".into());
         assert!(!format!("{s}{s:?}").contains("abc"));
     }
@@ -185,6 +209,8 @@ mod tests {
             ("redis://:hunter2@a:6379,redis://b", "hunter2"),
             ("https://tok3n@h/x", "tok3n"),
             ("mysql://u:p@ssw0rd@h/db", "ssw0rd"),
+            ("x=webhook:https://h/in?token=T0k3n", "T0k3n"),
+            ("x=webhook:https://u:p@h/in?a=1&token=T0k3n,y=log", "T0k3n"),
         ] {
             let shown = redact_text(raw);
             assert!(!shown.contains(secret), "{raw} -> {shown}");

@@ -24,8 +24,9 @@
 //! * [`report`] — the JSON line.
 //! * [`locks`] — `herald bench locks`: the lock library alone, as any
 //!   caller uses it.
-//! * [`redis_servers`] — local `redis-server` processes (also used by the
-//!   integration tests).
+//! * [`redis_servers`], [`mariadb_server`] — local throwaway servers (also
+//!   used by `herald demo` and the integration tests), found by
+//!   [`programs`] on PATH or in /usr/sbin.
 
 pub mod args;
 pub mod breaker;
@@ -36,6 +37,8 @@ pub mod drain;
 pub mod fleet;
 pub mod lag;
 pub mod locks;
+pub mod mariadb_server;
+pub mod programs;
 pub mod receiver;
 pub mod redis_servers;
 pub mod report;

@@ -16,7 +16,7 @@ pub fn free_port() -> io::Result<u16> {
 /// Starts `redis-server` on `port` (127.0.0.1 only, nothing saved, working
 /// directory `dir`) with `extra` arguments, and waits until it answers.
 pub fn spawn(port: u16, dir: &Path, extra: &[String]) -> io::Result<Child> {
-    let mut child = Command::new("redis-server")
+    let mut child = Command::new(super::programs::require("redis-server")?)
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -26,12 +26,7 @@ pub fn spawn(port: u16, dir: &Path, extra: &[String]) -> io::Result<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("starting redis-server (is it installed?): {e}"),
-            )
-        })?;
+        .map_err(|e| io::Error::new(e.kind(), format!("starting redis-server: {e}")))?;
     if let Err(e) = wait_ready(port, Duration::from_secs(10)) {
         let _ = child.kill();
         let _ = child.wait();

@@ -16,6 +16,8 @@ use crate::store::Store;
 pub async fn run(settings: &Settings, args: &CleanupCmdArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.cleanup.validate()?;
     let store = Store::connect(&settings.database_url, 2).await?;
+    // An empty database would otherwise fail with a bare error 1146.
+    crate::store::migrate::check_applied(store.pool()).await?;
     if args.dry_run {
         let line = crate::cleanup::dry_run(&store, &cfg, &settings.regions).await;
         store.close().await;

@@ -2,6 +2,11 @@
 //! ignored without a word (`HERALD_CONCURENCY=4` runs with the default), so
 //! each gets one warning at start naming the closest known variable.
 
+/// Variables the test suite reads (`HERALD_TEST_DATABASE_URL`,
+/// `HERALD_FAULTS`, …): a developer may well export them in the shell that
+/// also runs `herald`.
+const TEST_ONLY: &[&str] = &["HERALD_TEST_", "HERALD_FAULTS"];
+
 /// Every `HERALD_*` variable some flag of `cmd` (or its subcommands) reads.
 pub fn known(cmd: &clap::Command) -> Vec<String> {
     let mut out: Vec<String> = cmd
@@ -26,6 +31,7 @@ pub fn unknown(
     let mut out: Vec<(String, Option<&str>)> = present
         .into_iter()
         .filter(|name| name.starts_with("HERALD_") && !known.contains(name))
+        .filter(|name| !TEST_ONLY.iter().any(|p| name.starts_with(p)))
         .map(|name| {
             let closest = known
                 .iter()
@@ -85,6 +91,7 @@ mod tests {
                 "HERALD_CONCURENCY".to_owned(),
                 "HERALD_DATABASE_URL".to_owned(),
                 "HERALD_SOMETHING_ELSE_ENTIRELY".to_owned(),
+                "HERALD_TEST_DATABASE_URL".to_owned(),
                 "PATH".to_owned(),
             ],
             &known,

@@ -4,7 +4,7 @@
 //! [`crate::app`]), so the tests drive the same code paths the binary does.
 //!
 //! * [`migrate`], [`enqueue`], [`status`], [`worker`], [`cleanup`],
-//!   [`bench`](mod@bench) — one module per command;
+//!   [`demo`], [`bench`](mod@bench) — one module per command;
 //! * [`admin`](mod@admin) — `herald admin`: the admin API and console alone;
 //! * [`ops`] — `show`, `list`, `retry`, `cancel`: what operators do to rows;
 //! * [`env`](mod@env) — the warning about `HERALD_*` variables no flag reads.
@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod bench;
 pub mod cleanup;
+pub mod demo;
 pub mod enqueue;
 pub mod env;
 pub mod migrate;
@@ -72,6 +73,8 @@ pub enum Command {
     Retry(ChangeArgs),
     /// Cancel pending notifications; ask workers to cancel those being sent, and report each outcome.
     Cancel(CancelArgs),
+    /// See Herald work end to end in under 30 s: private servers if none answer, three workers, one killed.
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the process arguments; value errors also name the environment
@@ -134,7 +137,7 @@ pub fn main(cli: Cli) -> ExitCode {
             if let Some(cfg) = err.downcast_ref::<ConfigError>() {
                 return config_error(cfg);
             }
-            eprintln!("herald: error: {err:#}");
+            eprintln!("herald: error: {}", crate::cause::chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -158,6 +161,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::List(args) => ops::list::run(&settings, &args).await,
         Command::Retry(args) => ops::retry::run(&settings, &args).await,
         Command::Cancel(args) => ops::cancel::run(&settings, &args).await,
+        Command::Demo(args) => demo::run(&settings, &args).await,
     }
 }
 

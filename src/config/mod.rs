@@ -26,6 +26,7 @@ pub mod enqueue;
 pub mod ops;
 pub mod worker;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -62,6 +63,9 @@ pub struct GlobalArgs {
         hide_env_values = true
     )]
     pub redis_urls: String,
+    /// PEM file of the CA that signed the rediss:// masters' certificates (a private CA); default: the public web roots.
+    #[arg(long, env = "HERALD_REDIS_CA_FILE", global = true)]
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key Herald writes.
     #[arg(
         long,
@@ -110,6 +114,7 @@ pub struct GlobalArgs {
 pub struct Settings {
     pub database_url: SecretUrl,
     pub redis_urls: Vec<SecretUrl>,
+    pub redis_ca: Option<RedisCa>,
     pub key_prefix: String,
     pub regions: Vec<String>,
     pub log: String,
@@ -125,6 +130,7 @@ impl Settings {
             masters: self.redis_urls.clone(),
             key_prefix: self.key_prefix.clone(),
             master_timeout: self.lock_master_timeout,
+            tls_root_ca: self.redis_ca.as_ref().map(|ca| ca.pem.clone()),
             ..LockConfig::default()
         }
     }
@@ -146,6 +152,11 @@ impl GlobalArgs {
         })?;
 
         let redis_urls = parse_redis_urls(&self.redis_urls)?;
+        let redis_ca = self
+            .redis_ca_file
+            .as_deref()
+            .map(RedisCa::read)
+            .transpose()?;
 
         if self.key_prefix.is_empty()
             || self.key_prefix.len() > 64
@@ -166,6 +177,7 @@ impl GlobalArgs {
         let settings = Settings {
             database_url,
             redis_urls,
+            redis_ca,
             key_prefix: self.key_prefix.clone(),
             regions,
             log: self.log.clone(),
@@ -185,6 +197,39 @@ impl GlobalArgs {
             ConfigError::new("HERALD_REDIS_URLS", "--redis-urls", reason)
         })?;
         Ok(settings)
+    }
+}
+
+/// `HERALD_REDIS_CA_FILE`, read once at start-up so a missing or wrong
+/// file is a settings error (exit 2) rather than a TLS failure on every
+/// lock request later.
+#[derive(Clone)]
+pub struct RedisCa {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for RedisCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisCa({})", self.path.display())
+    }
+}
+
+impl RedisCa {
+    fn read(path: &std::path::Path) -> Result<RedisCa, ConfigError> {
+        let err = |r: String| ConfigError::new("HERALD_REDIS_CA_FILE", "--redis-ca-file", r);
+        let pem =
+            std::fs::read(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(err(format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            )));
+        }
+        Ok(RedisCa {
+            path: path.to_owned(),
+            pem,
+        })
     }
 }
 

@@ -179,7 +179,9 @@ impl Redlock {
                     needed: inner.quorum,
                     causes: t.causes,
                 };
-                warn!(error = %err, "batch not acquired");
+                // The caller gets the error and decides how loud to be
+                // (the worker logs one WARN per failed poll).
+                debug!(error = %err, "batch not acquired");
                 return Err(err);
             }
             let valid_until = start + (ttl - drift);

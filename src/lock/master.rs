@@ -21,7 +21,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Once, Weak};
+use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -42,6 +42,35 @@ pub(crate) struct Manager {
     client: redis::Client,
     config: AsyncConnectionConfig,
     identity: Arc<Identity>,
+    dial_error: DialError,
+}
+
+/// Why the pool last failed to dial this master, cleared by the next
+/// successful dial. bb8 dials in the background and hands a waiting caller
+/// only a timeout, so without this an unreachable master would be reported
+/// as "timed out" (or as a dropped request) instead of, say, "Connection
+/// refused" or a certificate error.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DialError(Arc<Mutex<Option<String>>>);
+
+impl DialError {
+    fn set(&self, cause: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = cause;
+    }
+
+    pub(crate) fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl bb8::ErrorSink<RedisError> for DialError {
+    fn sink(&self, error: RedisError) {
+        self.set(Some(error.to_string()));
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
+        Box::new(self.clone())
+    }
 }
 
 impl std::fmt::Debug for Manager {
@@ -66,6 +95,7 @@ impl bb8::ManageConnection for Manager {
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
+        self.dial_error.set(None);
         // Before any request uses it: a restarted master must not vote.
         self.identity.check(&mut inner).await;
         Ok(Conn {
@@ -91,6 +121,7 @@ pub(crate) struct Master {
     pub(crate) breaker: Breaker,
     pub(crate) metrics: Arc<MasterMetrics>,
     pub(crate) identity: Arc<Identity>,
+    dial_error: DialError,
 }
 
 /// How long the answer to a request its caller gave up on is still awaited.
@@ -200,6 +231,10 @@ pub(crate) async fn checkout(pool: &bb8::Pool<Manager>) -> Result<Conn, RedisErr
     }
 }
 
+/// A request that got no answer in its budget, or was never sent because
+/// no connection came up in time.
+pub(crate) struct Unanswered;
+
 impl std::fmt::Debug for Master {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Master")
@@ -254,11 +289,15 @@ impl Master {
             .connection_timeout(Duration::from_secs(2).max(cfg.master_timeout * 2));
         let name = url.redacted();
         let identity = Arc::new(Identity::new(name.clone(), longest));
-        let pool = pool.build_unchecked(Manager {
-            client,
-            config,
-            identity: identity.clone(),
-        });
+        let dial_error = DialError::default();
+        let pool = pool
+            .error_sink(Box::new(dial_error.clone()))
+            .build_unchecked(Manager {
+                client,
+                config,
+                identity: identity.clone(),
+                dial_error: dial_error.clone(),
+            });
         Ok(Self {
             metrics: Arc::new(MasterMetrics {
                 master: name.clone(),
@@ -269,6 +308,7 @@ impl Master {
             pool,
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
             identity,
+            dial_error,
         })
     }
 
@@ -292,7 +332,8 @@ impl Master {
                 }
             })
         };
-        self.account(ticket, tokio::time::timeout(budget, work).await)
+        let outcome = tokio::time::timeout(budget, work).await;
+        self.account(ticket, outcome.map_err(|_| Unanswered))
     }
 
     /// [`Master::run`] for a request answering one flag per key of `grants`
@@ -318,7 +359,7 @@ impl Master {
         let conn = match tokio::time::timeout_at(deadline, checkout(&self.pool)).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return self.account(ticket, Ok(Err(e))),
-            Err(elapsed) => return self.account::<Vec<bool>>(ticket, Err(elapsed)),
+            Err(_) => return self.account::<Vec<bool>>(ticket, Err(Unanswered)),
         };
         let broken = conn.broken.clone();
         // Watched from here on: dropped or timed out, it is still awaited.
@@ -332,7 +373,7 @@ impl Master {
             watched.work = None;
         }
         drop(watched);
-        let outcome = outcome.map(|r| {
+        let outcome = outcome.map_err(|_| Unanswered).map(|r| {
             r.inspect_err(|e| {
                 if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
                     broken.store(true, Relaxed);
@@ -351,24 +392,19 @@ impl Master {
         };
         let deadline = tokio::time::Instant::now() + budget;
         let mut answer = self.coalescer.submit(op, deadline);
+        // An unanswered request (no connection before the deadline, which
+        // makes the coalescer drop it, or no answer in time) is accounted
+        // as a timeout or, when the master cannot be dialled, as that cause.
         let outcome = match tokio::time::timeout_at(deadline, &mut answer).await {
-            Ok(r) => Ok(r.ok()),
-            Err(elapsed) => {
+            Ok(r) => r.map_err(|_| Unanswered),
+            Err(_) => {
                 // Closing first makes the hand-over exact: an answer sent
                 // before this is ours, one sent after is a late grant the
                 // coalescer releases.
                 answer.close();
-                answer.try_recv().map(Some).map_err(|_| elapsed)
+                answer.try_recv().map_err(|_| Unanswered)
             }
         };
-        let outcome = outcome.map(|r| {
-            r.unwrap_or_else(|| {
-                Err(RedisError::from((
-                    redis::ErrorKind::Io,
-                    "lock request dropped: its runtime shut down",
-                )))
-            })
-        });
         self.account(ticket, outcome)
     }
 
@@ -376,7 +412,7 @@ impl Master {
     fn account<T>(
         &self,
         ticket: Ticket<'_>,
-        outcome: Result<Result<T, RedisError>, tokio::time::error::Elapsed>,
+        outcome: Result<Result<T, RedisError>, Unanswered>,
     ) -> Result<T, FailureKind> {
         let (kind, transition) = match outcome {
             Ok(Ok(v)) => {
@@ -387,16 +423,35 @@ impl Master {
                 inc(&self.metrics.errors);
                 (FailureKind::Error(e.to_string()), ticket.failure())
             }
-            Err(_) => {
-                inc(&self.metrics.timeouts);
-                (FailureKind::Timeout, ticket.failure())
-            }
+            Err(Unanswered) => match self.undialled() {
+                Some(cause) => {
+                    inc(&self.metrics.errors);
+                    (
+                        FailureKind::Error(format!("cannot connect: {cause}")),
+                        ticket.failure(),
+                    )
+                }
+                None => {
+                    inc(&self.metrics.timeouts);
+                    (FailureKind::Timeout, ticket.failure())
+                }
+            },
         };
         if transition == Transition::Opened {
             inc(&self.metrics.breaker_opened);
             warn!(master = %self.name, cause = %kind, "redis master failing; circuit breaker opened");
         }
         Err(kind)
+    }
+
+    /// The last dial error, while the pool has no connection at all: then
+    /// an unanswered request never left this process, and that error, not
+    /// a timeout, is why.
+    fn undialled(&self) -> Option<String> {
+        if self.pool.state().connections > 0 {
+            return None;
+        }
+        self.dial_error.get()
     }
 
     /// Dials (or reuses) a connection and PINGs it, bypassing the breaker.

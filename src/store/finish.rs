@@ -15,7 +15,7 @@ use crate::outcome::{Counts, Outcome};
 /// cannot write. Touches only status, finish time and error; if even that
 /// fails on the row's content (a `CHECK` on a column another service wrote
 /// with checks off), retries once with MariaDB's `check_constraint_checks`
-/// off for that statement. Returns whether the row changed.
+/// off for that statement (MariaDB only). Returns whether the row changed.
 ///
 /// With `token`, only while the row is still claimed under it (a finish);
 /// without, only while it is pending or sending (a claim that failed).
@@ -44,7 +44,10 @@ pub async fn mark_failed(
         .await
     {
         Ok(r) => Ok(r.rows_affected() > 0),
-        Err(e) if is_row_error(&e) => {
+        // `SET STATEMENT … FOR` and `check_constraint_checks` are
+        // MariaDB's; MySQL 8 has neither (nor the JSON CHECK that makes
+        // this retry necessary), so there the row error stands.
+        Err(e) if is_row_error(&e) && is_mariadb(pool).await => {
             let r = sqlx::query(&format!(
                 "SET STATEMENT check_constraint_checks = 0 FOR {write}"
             ))
@@ -56,6 +59,15 @@ pub async fn mark_failed(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether the server is MariaDB (asked only on the rare paths that use
+/// MariaDB-only syntax).
+async fn is_mariadb(pool: &MySqlPool) -> bool {
+    sqlx::query_scalar::<_, String>("SELECT VERSION()")
+        .fetch_one(pool)
+        .await
+        .is_ok_and(|v| v.contains("MariaDB"))
 }
 
 /// The final or retry write for one claimed row.
@@ -72,6 +84,9 @@ pub enum Finish {
     Failed {
         error: String,
     },
+    /// Past `expires_at` when its turn came: not attempted, so the
+    /// attempt the claim counted is given back (a row that expired unsent
+    /// shows `attempts = 0`).
     Expired,
     /// Not attempted (shutdown, the lock ran short, a cancel request):
     /// pending again now, and the attempt the claim counted is given back;
@@ -183,8 +198,8 @@ pub async fn finish_rows(
                 ),
                 Finish::Expired => (
                     sqlx::query(
-                        "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL \
-                         WHERE id = ? AND claim_token = ? AND status = 'sending'",
+                        "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+                         attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
                     ),
                     &mut counts[Outcome::Expired],
                 ),

@@ -17,6 +17,8 @@
 //! * `guarded` — statements that never wait for rows another transaction
 //!   holds, and which errors are about one row.
 //! * [`status`] — counts by status, backlog and lag.
+//! * [`retrying`] — rows waiting for a retry and the latest error per
+//!   channel, from bounded index walks.
 //! * [`prune`] — the cleanup task's gated, batched deletes.
 //! * `literal` — safe SQL literals for the hot statements sent as text.
 //!
@@ -34,6 +36,7 @@ mod literal;
 pub mod migrate;
 pub mod ops;
 pub mod prune;
+pub mod retrying;
 pub mod status;
 
 pub use guarded::{is_row_error, ForeignLocks};

@@ -47,10 +47,10 @@
 
 pub(crate) mod admission;
 pub mod backoff;
-pub(crate) mod cancel;
 pub(crate) mod board;
-pub mod finish;
+pub(crate) mod cancel;
 pub(crate) mod caps;
+pub mod finish;
 pub(crate) mod job;
 pub mod poll;
 pub mod send;

@@ -93,7 +93,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 "poll round got no answer within {limit:?}; claims it may have made return when their lease expires"
             )),
         };
-        shared.poll_result(result.as_ref().err().map(|e| format!("{e:#}")));
+        shared.poll_result(result.as_ref().err().map(crate::cause::chain));
         if let Ok(round) = &result {
             if round.claimed > 0 {
                 contended.reset();
@@ -126,7 +126,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Ok(_) => Some(backoff.idle()),
             Err(e) => {
                 shared.deps.metrics.poll_errors.inc();
-                tracing::warn!(error = format!("{e:#}"), "poll failed; backing off");
+                tracing::warn!(error = crate::cause::chain(&e), "poll failed; backing off");
                 Some(backoff.idle().max(Duration::from_millis(100)))
             }
         };

@@ -2,13 +2,13 @@
 
 use std::process::Stdio;
 
-use crate::helpers::{herald, require_redis, text, MYSQL_SERVER};
+use crate::helpers::{herald, mysql_server, require_redis, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_s1_small_reports_a_clean_json_line() {
     require_redis().await;
     let out = herald(None)
-        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .env("HERALD_DATABASE_URL", format!("{}/herald", mysql_server()))
         .args([
             "bench", "s1", "--json", "--m", "2000", "--w", "2", "--c", "16",
         ])
@@ -59,7 +59,7 @@ fn bench_rejects_contradicting_scenarios() {
 #[test]
 fn bench_ceiling_replays_the_protocol_without_workers() {
     let out = herald(None)
-        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .env("HERALD_DATABASE_URL", format!("{}/herald", mysql_server()))
         .args(["bench", "ceiling", "--json", "--m", "3000", "--w", "1,2"])
         .stdin(Stdio::null())
         .output()
@@ -87,7 +87,7 @@ fn bench_ceiling_replays_the_protocol_without_workers() {
 #[test]
 fn bench_without_json_prints_a_summary_per_run() {
     let out = herald(None)
-        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .env("HERALD_DATABASE_URL", format!("{}/herald", mysql_server()))
         .args(["bench", "ceiling", "--m", "500", "--w", "1"])
         .stdin(Stdio::null())
         .output()

@@ -795,8 +795,14 @@ async fn metrics_parse_and_counters_move_as_notifications_are_sent() {
         "herald_delivery_lag_seconds_count",
         "herald_batch_duration_seconds_count",
         "herald_lock_acquire_duration_seconds_count",
-        "herald_lock_master_errors_total{index=\"0\",master=\"redis://127.0.0.1:6379\"}",
-        "herald_lock_master_timeouts_total{index=\"0\",master=\"redis://127.0.0.1:6379\"}",
+        &format!(
+            "herald_lock_master_errors_total{{index=\"0\",master=\"{}\"}}",
+            crate::helpers::redis_url()
+        ),
+        &format!(
+            "herald_lock_master_timeouts_total{{index=\"0\",master=\"{}\"}}",
+            crate::helpers::redis_url()
+        ),
     ] {
         assert!(
             before.samples.contains_key(name),

@@ -417,7 +417,7 @@ async fn compose_style_database_user_can_migrate() {
     let db = crate::helpers::DbName::new();
     let user = crate::helpers::unique("hu");
     let admin = herald::store::Store::connect(
-        &SecretUrl::parse(&format!("{}/mysql", crate::helpers::MYSQL_SERVER)).unwrap(),
+        &SecretUrl::parse(&format!("{}/mysql", crate::helpers::mysql_server())).unwrap(),
         1,
     )
     .await
@@ -445,7 +445,7 @@ async fn compose_style_database_user_can_migrate() {
         ))
         .await;
     }
-    let server = url::Url::parse(crate::helpers::MYSQL_SERVER).unwrap();
+    let server = url::Url::parse(crate::helpers::mysql_server()).unwrap();
     let url = format!(
         "mysql://{user}:{}@{}:{}/{}",
         m["MYSQL_PASSWORD"],
@@ -655,7 +655,7 @@ async fn kubernetes_configmap_starts_a_ready_worker() {
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     envs.push(("HERALD_HTTP_ADDR", http.clone()));
-    envs.push(("HERALD_REDIS_URLS", crate::helpers::REDIS_URL.into()));
+    envs.push(("HERALD_REDIS_URLS", crate::helpers::redis_url().into()));
     let worker = WorkerProc::spawn(&db, &crate::helpers::key_prefix(), &envs);
     let client = reqwest::Client::new();
     wait_until("/readyz 200", Duration::from_secs(20), || {

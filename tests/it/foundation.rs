@@ -382,7 +382,7 @@ async fn passwords_never_appear_in_errors() {
 #[tokio::test]
 async fn a_worker_on_an_unmigrated_database_says_to_run_migrate() {
     let db = DbName::new();
-    let server = herald::secret::SecretUrl::parse(&format!("{MYSQL_SERVER}/mysql")).unwrap();
+    let server = herald::secret::SecretUrl::parse(&format!("{}/mysql", mysql_server())).unwrap();
     let admin = herald::store::Store::connect(&server, 1).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE `{}`", db.name))
         .execute(admin.pool())

@@ -34,7 +34,7 @@ fn rate(channel: &str, rows: u32, per_second: f64, burst: u32) -> Ask<'_> {
 #[tokio::test]
 async fn gcra_grants_the_burst_then_hands_out_slots_one_interval_apart() {
     require_redis().await;
-    let gate = gate_on(&[REDIS_URL.to_owned()]).await;
+    let gate = gate_on(&[redis_url().to_owned()]).await;
     let plain = Ask {
         channel: "free",
         rows: 7,
@@ -71,7 +71,7 @@ async fn gcra_grants_the_burst_then_hands_out_slots_one_interval_apart() {
 #[tokio::test]
 async fn a_breaker_opens_at_the_threshold_lets_one_probe_through_and_closes_on_an_answer() {
     require_redis().await;
-    let gate = gate_on(&[REDIS_URL.to_owned()]).await;
+    let gate = gate_on(&[redis_url().to_owned()]).await;
     let cool = Duration::from_millis(600);
     let counts = |answered, trailing| Report::Counts {
         channel: "a",
@@ -152,7 +152,7 @@ async fn a_breaker_opens_at_the_threshold_lets_one_probe_through_and_closes_on_a
 async fn the_gate_moves_to_the_next_master_and_fails_when_none_answers() {
     require_redis().await;
     let dead = format!("redis://127.0.0.1:{}", crate::redis_procs::free_port());
-    let gate = gate_on(&[dead.clone(), REDIS_URL.to_owned()]).await;
+    let gate = gate_on(&[dead.clone(), redis_url().to_owned()]).await;
     let v = gate.admit(&[rate("sms", 3, 10.0, 2)]).await.unwrap();
     assert_eq!(v[0].granted, 2, "served by the second master: {v:?}");
 

@@ -1,22 +1,176 @@
 //! Test harness: a fresh database per test, unique Redis key prefixes, and
 //! the built `herald` binary as a child process.
+//!
+//! The servers: MariaDB at `HERALD_TEST_DATABASE_URL` (a server URL without
+//! a database, default `mysql://root@127.0.0.1:3306`) and Redis at
+//! `HERALD_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). When nothing
+//! answers there, the first test that needs one starts a private server
+//! (`mariadbd` / `redis-server` from PATH or /usr/sbin, root without a
+//! password, on a free port, in a temporary directory), shared by every
+//! test of the run. A small watchdog process kills it and removes its
+//! directory once the test process has exited (statics are never dropped,
+//! so a destructor could not). One test binary holds all integration tests
+//! and cargo runs test binaries one after another, so one `OnceLock` per
+//! server is all the coordination needed.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use herald::secret::SecretUrl;
 use herald::store::Store;
 use rand::Rng;
 
-pub const MYSQL_SERVER: &str = "mysql://root@127.0.0.1:3306";
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+use crate::mariadb_proc::MariaDbProc;
+use crate::redis_procs::RedisProc;
 
-const HOW_TO_START: &str = "MariaDB must listen on 127.0.0.1:3306 (user root, empty password) and Redis on \
-127.0.0.1:6379. Start them with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd` \
-and `redis-server --daemonize yes --save '' --appendonly no`, or run `bash .ci/run`, which installs and starts both.";
+const DEFAULT_MYSQL: &str = "mysql://root@127.0.0.1:3306";
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+
+const HOW_TO_START: &str = "The tests use MariaDB at HERALD_TEST_DATABASE_URL (default \
+mysql://root@127.0.0.1:3306) and Redis at HERALD_TEST_REDIS_URL (default redis://127.0.0.1:6379), \
+or, when nothing answers there, start private servers from the installed packages: \
+`sudo apt-get install -y mariadb-server redis-server` (Debian/Ubuntu) or `brew install mariadb redis` (macOS).";
+
+/// A server the tests use, and the private process behind it if the
+/// harness started one (kept for the whole run).
+struct Server<P> {
+    url: String,
+    _private: Option<P>,
+}
+
+static MYSQL: OnceLock<Server<MariaDbProc>> = OnceLock::new();
+static REDIS: OnceLock<Server<RedisProc>> = OnceLock::new();
+
+/// The MariaDB server URL (no database, no trailing slash).
+pub fn mysql_server() -> &'static str {
+    &MYSQL
+        .get_or_init(|| {
+            let url = setting("HERALD_TEST_DATABASE_URL", DEFAULT_MYSQL);
+            provision(url, mysql_answers, || {
+                let p = MariaDbProc::start();
+                watch(p.pid(), p.dir());
+                (mariadb_url(&p), p)
+            })
+        })
+        .url
+}
+
+/// The Redis URL of the shared server (tests use their own key prefix).
+pub fn redis_url() -> &'static str {
+    &REDIS
+        .get_or_init(|| {
+            let url = setting("HERALD_TEST_REDIS_URL", DEFAULT_REDIS);
+            provision(url, redis_answers, || {
+                let p = RedisProc::start();
+                watch(p.pid(), p.dir());
+                (p.url(), p)
+            })
+        })
+        .url
+}
+
+fn setting(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
+        .trim()
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn mariadb_url(p: &MariaDbProc) -> String {
+    p.url("").trim_end_matches('/').to_owned()
+}
+
+/// `url` if it answers, else a private server from `start`. Runs on a
+/// thread of its own: the checks need a runtime, and the caller may be
+/// inside one.
+fn provision<P: Send + 'static>(
+    url: String,
+    answers: fn(&str) -> bool,
+    start: impl FnOnce() -> (String, P) + Send + 'static,
+) -> Server<P> {
+    std::thread::spawn(move || {
+        if answers(&url) {
+            return Server {
+                url,
+                _private: None,
+            };
+        }
+        let (private, p) = start();
+        eprintln!(
+            "tests: nothing answers at {}; started a private server at {private} for this run",
+            herald::secret::redact_text(&url)
+        );
+        Server {
+            url: private,
+            _private: Some(p),
+        }
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("starting a private server failed\n{HOW_TO_START}"))
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Whether a MariaDB/MySQL server at `server` lets us in.
+fn mysql_answers(server: &str) -> bool {
+    let Ok(url) = SecretUrl::parse(&format!("{server}/mysql")) else {
+        return false;
+    };
+    block_on(async {
+        let ok = tokio::time::timeout(Duration::from_secs(5), Store::connect(&url, 1)).await;
+        match ok {
+            Ok(Ok(store)) => {
+                store.close().await;
+                true
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Whether a Redis server at `url` answers PING.
+fn redis_answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    block_on(async {
+        let ping = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(3), ping).await,
+            Ok(Ok(_))
+        )
+    })
+}
+
+/// Kills process `pid` and removes `dir` once this test process is gone.
+fn watch(pid: u32, dir: &Path) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(r#"while kill -0 "$0" 2>/dev/null; do sleep 1; done; kill -9 "$1" 2>/dev/null; sleep 1; rm -rf "$2""#)
+        .arg(std::process::id().to_string())
+        .arg(pid.to_string())
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
 
 /// A short random suffix for database names and key prefixes.
 pub fn unique(tag: &str) -> String {
@@ -34,7 +188,7 @@ pub struct DbName {
 impl DbName {
     pub fn new() -> DbName {
         let name = unique("herald_t");
-        let url = SecretUrl::parse(&format!("{MYSQL_SERVER}/{name}")).unwrap();
+        let url = SecretUrl::parse(&format!("{}/{name}", mysql_server())).unwrap();
         DbName { name, url }
     }
 }
@@ -50,7 +204,7 @@ impl Drop for DbName {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let server = SecretUrl::parse(&format!("{MYSQL_SERVER}/mysql")).unwrap();
+                let server = SecretUrl::parse(&format!("{}/mysql", mysql_server())).unwrap();
                 if let Ok(admin) = Store::connect(&server, 1).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
                         .execute(admin.pool())
@@ -121,14 +275,14 @@ pub fn key_prefix() -> String {
 
 /// Fails with set-up instructions when Redis is not reachable.
 pub async fn require_redis() {
-    let client = redis::Client::open(REDIS_URL).unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
     let conn = tokio::time::timeout(
         Duration::from_secs(3),
         client.get_multiplexed_async_connection(),
     )
     .await;
     if !matches!(conn, Ok(Ok(_))) {
-        panic!("cannot reach Redis at {REDIS_URL}\n{HOW_TO_START}");
+        panic!("cannot reach Redis at {}\n{HOW_TO_START}", redis_url());
     }
 }
 
@@ -145,6 +299,9 @@ pub fn herald(db: Option<&TestDb>) -> Command {
         }
     }
     cmd.env("HERALD_LOG", "warn");
+    if redis_url() != DEFAULT_REDIS {
+        cmd.env("HERALD_REDIS_URLS", redis_url());
+    }
     if let Some(db) = db {
         cmd.env("HERALD_DATABASE_URL", db.url_str());
     }

@@ -746,12 +746,12 @@ async fn shared_redis_with_a_unique_prefix() {
     // The shared server is only ever touched under this test's own prefix.
     crate::helpers::require_redis().await;
     let p = prefix();
-    let rl = redlock(vec!["redis://127.0.0.1:6379".into()], &p).await;
+    let rl = redlock(vec![crate::helpers::redis_url().into()], &p).await;
     let mut lock = rl.acquire("shared", ttl()).await.unwrap();
     rl.extend(&mut lock, ttl()).await.unwrap();
     rl.release(lock).await.unwrap();
     rl.probe(Duration::from_millis(500)).await.unwrap();
-    assert!(keys_on("redis://127.0.0.1:6379", &p).await.is_empty());
+    assert!(keys_on(crate::helpers::redis_url(), &p).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

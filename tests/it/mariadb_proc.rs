@@ -1,11 +1,14 @@
 //! A private `mariadbd` on a free port, for tests that crash or pause the
 //! database (the shared server on 3306 must never be touched). Its data
-//! directory survives `kill` + `start`, as a real server's would.
+//! directory survives `kill` + `start`, as a real server's would. Started
+//! by the same code as `herald demo`'s (`herald::bench::mariadb_server`).
 
 #![allow(dead_code)]
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use herald::bench::mariadb_server;
 
 use crate::redis_procs::free_port;
 
@@ -19,27 +22,7 @@ impl MariaDbProc {
     /// Initialises a data directory and starts the server.
     pub fn start() -> MariaDbProc {
         let dir = tempfile::tempdir().unwrap();
-        // Each server its own TMPDIR: concurrent bootstraps sharing /tmp
-        // remove each other's temporary tables ("Unknown table
-        // 'mysql.tmp_user_sys'").
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir(&tmp).unwrap();
-        let out = Command::new("mariadb-install-db")
-            .env("TMPDIR", &tmp)
-            .args([
-                "--no-defaults",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                "--user=root",
-            ])
-            .arg(format!("--datadir={}", dir.path().join("data").display()))
-            .output()
-            .expect("mariadb-install-db must be installed (package mariadb-server)");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        mariadb_server::install(dir.path()).expect("mariadb-install-db (package mariadb-server)");
         let mut p = MariaDbProc {
             port: free_port(),
             child: None,
@@ -50,52 +33,23 @@ impl MariaDbProc {
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+        format!("{}/{database}", mariadb_server::url(self.port))
+    }
+
+    /// The server's process id and directory, for a caller that keeps the
+    /// server past this value (see `helpers`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     fn spawn(&mut self) {
-        let d = self.dir.path();
-        let child = Command::new("mariadbd")
-            .env("TMPDIR", d.join("tmp"))
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", d.join("data").display()))
-            .arg(format!("--socket={}", d.join("sock").display()))
-            .arg(format!("--pid-file={}", d.join("pid").display()))
-            .arg(format!("--port={}", self.port))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--user=root",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=64M",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mariadbd must be installed");
+        let child = mariadb_server::spawn(self.dir.path(), self.port, Duration::from_secs(30))
+            .expect("mariadbd must be installed and start");
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(30));
-    }
-
-    fn wait_ready(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let ok = Command::new("mariadb")
-                .args(["-h127.0.0.1", "-uroot", "-e", "SELECT 1"])
-                .arg(format!("-P{}", self.port))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mariadbd on {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// SIGKILL: a crash; committed transactions survive, as InnoDB promises.

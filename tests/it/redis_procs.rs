@@ -53,8 +53,14 @@ impl RedisProc {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn pid(&self) -> String {
-        self.child.as_ref().expect("running").id().to_string()
+    /// The server's process id and directory, for a caller that keeps the
+    /// server past this value (see `helpers`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     fn signal(&self, sig: &str) {

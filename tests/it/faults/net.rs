@@ -24,11 +24,15 @@ async fn scenario(name: &str, injected: &str, target: Target, fault: Fault) {
     let masters = Masters::start(3);
     let mut rig = Rig::shared(size).await;
     let redis_a = ProxySet::start(&masters.urls()).await;
-    let mysql_a = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], 3306))).await;
-    let url_a = rig.url.replacen("127.0.0.1:3306", &mysql_a.addr(), 1);
+    let server = url::Url::parse(crate::helpers::mysql_server()).unwrap();
+    let port = server.port().unwrap_or(3306);
+    let mysql_a = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let url_a = rig
+        .url
+        .replacen(&format!("127.0.0.1:{port}"), &mysql_a.addr(), 1);
     assert_ne!(
         url_a, rig.url,
-        "the test database must be on 127.0.0.1:3306"
+        "the test database must be on 127.0.0.1 (HERALD_TEST_DATABASE_URL)"
     );
     let url_b = rig.url.clone();
     let a = rig.spawn("a", &url_a, &redis_a.urls(), &[]);
