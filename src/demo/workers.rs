@@ -59,6 +59,10 @@ pub fn start(n: usize, env: &WorkerEnv<'_>) -> anyhow::Result<Vec<Worker>> {
             .env("HERALD_RETRY_THROTTLE_FLOOR", "1s")
             .env("HERALD_LOCK_TTL_MS", "2000")
             .env("HERALD_SEND_TIMEOUT_MS", "1000")
+            // The receiver is down for its first moments: the breaker opens
+            // after 10 failures; a short cool-down lets it probe and close
+            // within the demo instead of holding the rows for 30 s.
+            .env("HERALD_BREAKER_COOL_DOWN", "1s")
             .env("HERALD_POLL_INTERVAL_MS", "100")
             .env("HERALD_HTTP_ADDR", "")
             .env("HERALD_CLEANUP", "false")
