@@ -32,7 +32,9 @@ async fn migrate_creates_the_database_and_is_idempotent() {
     // Every embedded migration counts, whatever later rounds add.
     let embedded = herald::store::migrate::MIGRATOR.iter().count();
     assert!(
-        out.contains(&format!("up to date ({embedded} migrations already applied)")),
+        out.contains(&format!(
+            "up to date ({embedded} migrations already applied)"
+        )),
         "{out}"
     );
     assert!(!out.contains("created database"), "{out}");

@@ -2,6 +2,7 @@
 //! test gets its own database and Redis key prefix, so they run in parallel.
 
 mod bench;
+mod browser;
 mod channels;
 mod channels_worker;
 mod companions;
@@ -13,6 +14,7 @@ mod lock;
 mod lock_faults;
 mod mariadb_proc;
 mod ops_api;
+mod ops_browser;
 mod ops_commands;
 mod policy;
 mod receiver;
