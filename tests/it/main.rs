@@ -16,6 +16,7 @@ mod mariadb_proc;
 mod ops_api;
 mod ops_browser;
 mod ops_commands;
+mod ops_hostile;
 mod policy;
 mod receiver;
 mod redis_procs;

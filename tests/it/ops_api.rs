@@ -342,10 +342,19 @@ pub(crate) struct AdminProc {
 
 impl AdminProc {
     pub(crate) async fn start(db: &TestDb) -> AdminProc {
+        Self::start_with(db, Some(TOKEN)).await
+    }
+
+    /// With `token`, or without one (loopback only).
+    pub(crate) async fn start_with(db: &TestDb, token: Option<&str>) -> AdminProc {
         let addr = free_addr();
-        let child = herald(Some(db))
-            .args(["admin", "--admin-addr", &addr])
-            .env("HERALD_ADMIN_TOKEN", TOKEN)
+        let mut cmd = herald(Some(db));
+        cmd.args(["admin", "--admin-addr", &addr]);
+        match token {
+            Some(t) => cmd.env("HERALD_ADMIN_TOKEN", t),
+            None => cmd.env_remove("HERALD_ADMIN_TOKEN"),
+        };
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
