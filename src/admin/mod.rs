@@ -8,6 +8,8 @@
 //! * `auth` — the bearer token (compared in constant time), the console's
 //!   session cookie and CSRF tokens.
 //! * `error` — the one JSON error shape, `{"error":{"code","message"}}`.
+//! * `guard` — checks before any route: no token in a URL, and without a
+//!   token only loopback `Host`s (DNS rebinding).
 //!
 //! Everything here calls [`crate::store::ops`] and [`crate::store::enqueue`],
 //! the same functions as the commands, so the rules are the same whichever
@@ -17,12 +19,15 @@ pub mod api;
 mod auth;
 pub mod console;
 mod error;
+mod guard;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::Router;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -81,8 +86,18 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .nest("/api/v1", api::router(state.clone()))
         .merge(console::router(state.clone()))
-        .fallback(|| async { ApiError::not_found("no such route") })
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state, guard::check))
         .layer(DefaultBodyLimit::max(limit))
+}
+
+/// A page for a person under `/console`, JSON elsewhere.
+async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/console") {
+        console::error_response(StatusCode::NOT_FOUND, "No such page.")
+    } else {
+        ApiError::not_found("no such route").into_response()
+    }
 }
 
 /// Binds the admin address; a clash stops the process at start-up.

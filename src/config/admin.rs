@@ -21,7 +21,7 @@ pub struct AdminArgs {
     pub admin_addr: String,
     /// Bearer token of the admin API and console; required on a non-loopback address.
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<SecretString>,
     /// Largest admin request body, in bytes.
     #[arg(long, env = "HERALD_ADMIN_MAX_BODY_BYTES", default_value_t = 4 << 20,
         value_parser = RangedU64ValueParser::<usize>::new().range(1024..=256 << 20))]
@@ -53,7 +53,7 @@ impl AdminArgs {
         let addr: SocketAddr = raw
             .parse()
             .map_err(|e| ConfigError::new(ENV, FLAG, format!("{raw:?} is not host:port ({e})")))?;
-        let token = match self.admin_token.as_deref().map(str::trim) {
+        let token = match self.admin_token.as_ref().map(|t| t.expose().trim()) {
             None | Some("") => None,
             Some(t) if t.len() < MIN_TOKEN_LEN => {
                 return Err(ConfigError::new(

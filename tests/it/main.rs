@@ -2,6 +2,7 @@
 //! test gets its own database and Redis key prefix, so they run in parallel.
 
 mod bench;
+mod browser;
 mod channels;
 mod channels_worker;
 mod companions;
@@ -18,7 +19,9 @@ mod lock;
 mod lock_faults;
 mod mariadb_proc;
 mod ops_api;
+mod ops_browser;
 mod ops_commands;
+mod ops_hostile;
 mod policy;
 mod receiver;
 mod redis_procs;

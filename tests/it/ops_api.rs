@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::ops_commands::enqueue_rows;
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
 
-fn free_addr() -> String {
+pub(crate) fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
 }
@@ -335,17 +335,26 @@ async fn admin_api_enqueues_lists_retries_cancels_and_guards_itself() {
 }
 
 /// `herald admin` (no worker) on a free port with `TOKEN`; killed on drop.
-struct AdminProc {
+pub(crate) struct AdminProc {
     child: std::process::Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl AdminProc {
-    async fn start(db: &TestDb) -> AdminProc {
+    pub(crate) async fn start(db: &TestDb) -> AdminProc {
+        Self::start_with(db, Some(TOKEN)).await
+    }
+
+    /// With `token`, or without one (loopback only).
+    pub(crate) async fn start_with(db: &TestDb, token: Option<&str>) -> AdminProc {
         let addr = free_addr();
-        let child = herald(Some(db))
-            .args(["admin", "--admin-addr", &addr])
-            .env("HERALD_ADMIN_TOKEN", TOKEN)
+        let mut cmd = herald(Some(db));
+        cmd.args(["admin", "--admin-addr", &addr]);
+        match token {
+            Some(t) => cmd.env("HERALD_ADMIN_TOKEN", t),
+            None => cmd.env_remove("HERALD_ADMIN_TOKEN"),
+        };
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -535,132 +544,4 @@ async fn console_escapes_database_text_and_guards_its_forms() {
         1,
         "retried from the console"
     );
-}
-
-/// Runs headless Debian `chromium` with `args`; its stdout.
-fn chromium(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            &format!("--user-data-dir={}", dir.path().display()),
-        ])
-        .args(args)
-        .output()
-        .expect("running chromium (apt-get install chromium)");
-    text(&out.stdout)
-}
-
-/// A failed row whose payload and error carry markup, on `herald admin`
-/// without a token (loopback), for the browser.
-async fn console_fixture(db: &TestDb) -> (AdminProc, u64) {
-    let ids = enqueue_rows(
-        db,
-        40,
-        "sms",
-        |i| 1000 + i % 7,
-        |i| json!({"text": "<script>document.title='pwned'</script>", "i": i}),
-    )
-    .await;
-    db.exec(&format!(
-        "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6) - INTERVAL (id % 50) MINUTE WHERE id < {}",
-        ids[30]
-    ))
-    .await;
-    db.exec(&format!(
-        "UPDATE notifications SET status = 'failed', attempts = 8, finished_at = UTC_TIMESTAMP(6), \
-         last_error = 'HTTP 503 from https://sms.example/hook: <b>upstream busy</b>' WHERE id >= {} AND id < {}",
-        ids[30], ids[34]
-    ))
-    .await;
-    db.exec(&format!(
-        "UPDATE notifications SET send_at = '2030-01-01', due_at = '2030-01-01' WHERE id >= {}",
-        ids[34]
-    ))
-    .await;
-    let addr = free_addr();
-    let child = herald(Some(db))
-        .args(["admin", "--admin-addr", &addr])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://{addr}");
-    let url = format!("{base}/api/v1/counts");
-    wait_until("herald admin to answer", Duration::from_secs(20), || {
-        let url = url.clone();
-        async move { reqwest::get(url).await.is_ok() }
-    })
-    .await;
-    (AdminProc { child, base }, ids[30])
-}
-
-/// A real headless browser loads the dashboard and a failed row's page:
-/// the page renders, and the payload's `<script>` is text, not a script
-/// that ran (it would have changed the title).
-#[tokio::test]
-async fn console_renders_in_a_real_browser() {
-    if std::process::Command::new("chromium")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        panic!("chromium is not installed (apt-get install chromium; .ci/run installs it)");
-    }
-    let db = TestDb::new().await;
-    let (admin, failed) = console_fixture(&db).await;
-    let base = admin.base.clone();
-    let dom =
-        tokio::task::spawn_blocking(move || chromium(&["--dump-dom", &format!("{base}/console")]))
-            .await
-            .unwrap();
-    assert!(
-        dom.contains("Latest failures") && dom.contains("<svg"),
-        "{dom}"
-    );
-    assert!(
-        dom.contains("&lt;b&gt;upstream busy&lt;/b&gt;"),
-        "error text escaped"
-    );
-    let base = admin.base.clone();
-    let dom = tokio::task::spawn_blocking(move || {
-        chromium(&[
-            "--dump-dom",
-            &format!("{base}/console/notifications/{failed}"),
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(
-        dom.contains("<title>Notification"),
-        "the script did not run: {dom}"
-    );
-    assert!(
-        dom.contains("&lt;script&gt;document.title"),
-        "payload shown as text"
-    );
-    assert!(dom.contains("id=\"retry\""), "the retry button is there");
-}
-
-/// Writes docs/console.png: `cargo test --test it console_screenshot -- --ignored`.
-#[tokio::test]
-#[ignore = "writes docs/console.png; run by hand"]
-async fn console_screenshot() {
-    let db = TestDb::new().await;
-    let (admin, _) = console_fixture(&db).await;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png");
-    let base = admin.base.clone();
-    tokio::task::spawn_blocking(move || {
-        chromium(&[
-            "--window-size=1280,1000",
-            &format!("--screenshot={path}"),
-            &format!("{base}/console"),
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(std::fs::metadata(path).unwrap().len() > 10_000);
 }

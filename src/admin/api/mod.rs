@@ -1,6 +1,7 @@
 //! `/api/v1`: JSON over the store's operator calls. Every route needs the
-//! bearer token when one is configured; bodies are size-limited
-//! (`HERALD_ADMIN_MAX_BODY_BYTES`, 413 `body_too_large`); every error is
+//! bearer token when one is configured; POST bodies must be
+//! `application/json` and are size-limited (`HERALD_ADMIN_MAX_BODY_BYTES`,
+//! 413 `body_too_large`); a foreign `Origin` is refused; every error is
 //! `{"error":{"code","message"}}` (docs/admin-api.md lists the codes).
 //!
 //! * [`enqueue`] — `POST /notifications`: one or a batch.
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -45,12 +46,19 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/notifications/retry", post(actions::retry))
         .route("/notifications/cancel", post(actions::cancel))
         .route("/counts", get(actions::counts))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method (docs/openapi.yaml lists each route's)",
+            )
+        })
         .fallback(|| async { ApiError::not_found("no such API route") })
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
 
-async fn require_token(State(s): Shared, req: Request, next: Next) -> Response {
+async fn gate(State(s): Shared, req: Request, next: Next) -> Response {
     if !auth::api_allowed(&s, req.headers()) {
         let message = if req.headers().contains_key(header::AUTHORIZATION) {
             "the bearer token is not HERALD_ADMIN_TOKEN"
@@ -59,7 +67,36 @@ async fn require_token(State(s): Shared, req: Request, next: Next) -> Response {
         };
         return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
     }
+    // A browser on another site can send a "simple" POST (text/plain, no
+    // preflight) to a loopback API without a token; demanding JSON makes
+    // it preflight, which fails (no CORS), and a foreign Origin is refused
+    // outright.
+    if !auth::same_origin(req.headers()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            "the request's Origin or Referer is another site than this host",
+        )
+        .into_response();
+    }
+    if req.method() == Method::POST && !is_json(req.headers()) {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be sent as `Content-Type: application/json`",
+        )
+        .into_response();
+    }
     next.run(req).await
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The request body, or the error for one too large or unreadable.

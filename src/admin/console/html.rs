@@ -34,9 +34,9 @@ header a{color:#fff;text-decoration:none;font-weight:600;font-size:17px}header n
 header form{margin-left:auto;display:flex;gap:6px}
 main{max-width:1180px;margin:24px auto;padding:0 24px}
 h1{font-size:20px;margin:0 0 16px}h2{font-size:15px;margin:0 0 10px;color:var(--mute);font-weight:600;text-transform:uppercase;letter-spacing:.04em}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px;margin-bottom:20px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(120px,1fr));gap:12px;margin-bottom:20px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;margin-bottom:20px}
-.grid .card{margin:0}.num{font-size:26px;font-weight:650}.lbl{color:var(--mute);font-size:12px;text-transform:uppercase;letter-spacing:.05em}
+.grid .card{margin:0;padding:12px 14px}.num{font-size:26px;font-weight:650}.lbl{color:var(--mute);font-size:11px;white-space:nowrap;text-transform:uppercase;letter-spacing:.04em}
 table{width:100%;border-collapse:collapse}th,td{text-align:left;padding:7px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 th{color:var(--mute);font-weight:600;font-size:12px;text-transform:uppercase}td.err{color:#7a2e2e;max-width:520px;overflow-wrap:anywhere}
 a{color:var(--accent)}.pill{display:inline-block;padding:1px 9px;border-radius:99px;font-size:12px;font-weight:600;background:#eef0f4}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -41,7 +41,23 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/console/notifications", get(list))
         .route("/console/notifications/{id}", get(detail))
         .route("/console/notifications/{id}/{action}", post(act))
+        .method_not_allowed_fallback(|| async {
+            error_page(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "This page does not take that method.",
+            )
+        })
         .with_state(state)
+}
+
+/// An error page, for checks outside the console's handlers.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    error_page(status, message)
+}
+
+/// A malformed path or query string: an error page, not axum's plain text.
+fn bad_url(e: impl std::fmt::Display) -> Response {
+    error_page(StatusCode::BAD_REQUEST, &format!("Bad address: {e}"))
 }
 
 fn html(status: StatusCode, body: String) -> Response {
@@ -157,10 +173,18 @@ struct SearchQuery {
     q: Option<String>,
 }
 
-async fn search(State(s): Shared, headers: HeaderMap, Query(q): Query<SearchQuery>) -> Response {
+async fn search(
+    State(s): Shared,
+    headers: HeaderMap,
+    q: Result<Query<SearchQuery>, QueryRejection>,
+) -> Response {
     if let Some(r) = gate(&s, &headers) {
         return r;
     }
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_url(e.body_text()),
+    };
     let text = q.q.unwrap_or_default().trim().to_owned();
     match q.by.as_deref().unwrap_or("id") {
         "user" => Redirect::to(&format!(
@@ -178,13 +202,17 @@ async fn search(State(s): Shared, headers: HeaderMap, Query(q): Query<SearchQuer
             ),
             Err(e) => db_error(e),
         },
-        _ => match text.parse::<u64>() {
+        "id" => match text.parse::<u64>() {
             Ok(id) => Redirect::to(&format!("/console/notifications/{id}")).into_response(),
             Err(_) => error_page(
                 StatusCode::BAD_REQUEST,
                 &format!("{text:?} is not a notification id."),
             ),
         },
+        other => error_page(
+            StatusCode::BAD_REQUEST,
+            &format!("Search by id, dedupe or user, not {other:?}."),
+        ),
     }
 }
 
@@ -196,10 +224,18 @@ struct ListQuery {
     cursor: Option<u64>,
 }
 
-async fn list(State(s): Shared, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
+async fn list(
+    State(s): Shared,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
     if let Some(r) = gate(&s, &headers) {
         return r;
     }
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_url(e.body_text()),
+    };
     let user_id = match q
         .user_id
         .as_deref()
@@ -253,12 +289,17 @@ struct DetailQuery {
 async fn detail(
     State(s): Shared,
     headers: HeaderMap,
-    Path(id): Path<u64>,
-    Query(q): Query<DetailQuery>,
+    id: Result<Path<u64>, PathRejection>,
+    q: Result<Query<DetailQuery>, QueryRejection>,
 ) -> Response {
     if let Some(r) = gate(&s, &headers) {
         return r;
     }
+    let (Path(id), Query(q)) = match (id, q) {
+        (Ok(id), Ok(q)) => (id, q),
+        (Err(e), _) => return bad_url(e.body_text()),
+        (_, Err(e)) => return bad_url(e.body_text()),
+    };
     let (nonce, set_cookie) = nonce(&headers);
     let csrf = auth::csrf_for(&s, Some(&nonce)).unwrap_or_default();
     let mut r = match show(s.store.pool(), &Key::Id(id)).await {
@@ -277,12 +318,16 @@ async fn detail(
 async fn act(
     State(s): Shared,
     headers: HeaderMap,
-    Path((id, action)): Path<(u64, String)>,
+    path: Result<Path<(u64, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Some(r) = gate(&s, &headers) {
         return r;
     }
+    let Path((id, action)) = match path {
+        Ok(p) => p,
+        Err(e) => return bad_url(e.body_text()),
+    };
     let Ok(body) = body else {
         return error_page(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.");
     };

@@ -56,7 +56,7 @@ pub(crate) fn dashboard(o: &Overview, breakers: &[(String, String)]) -> String {
     if o.latest_failures.is_empty() {
         b.push_str("<p class=\"mute\">No failures in the last 7 days.</p>");
     } else {
-        b.push_str("<table><tr><th>id</th><th>channel</th><th>user</th><th>failed at</th><th>reason</th></tr>");
+        b.push_str("<table><tr><th>id</th><th>channel</th><th>user</th><th>failed at (UTC)</th><th>reason</th></tr>");
         for f in &o.latest_failures {
             let _ = write!(
                 b,
