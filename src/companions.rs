@@ -68,7 +68,8 @@ pub async fn spawn(
     if let Some(admin) = &config.admin {
         let listener = crate::admin::bind(admin).await?;
         let region = regions.first().map_or("default", String::as_str);
-        let state = crate::admin::AdminState::new(deps.store.clone(), admin.clone(), region);
+        let mut state = crate::admin::AdminState::new(deps.store.clone(), admin.clone(), region);
+        state.breakers = Some(crate::gate::Gate::new(deps.redlock.clone()));
         tasks.push((
             "admin",
             tokio::spawn(crate::admin::serve(listener, state, http_stop.clone())),

@@ -36,10 +36,6 @@ use crate::notification::Limits;
 use crate::store::Store;
 pub use error::ApiError;
 
-/// State state of a channel's circuit breaker, as the console shows it.
-/// The breaker lives elsewhere; this is the hook it fills in.
-pub type BreakerStates = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
-
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
@@ -49,8 +45,9 @@ pub struct AdminState {
     /// Per-process key of the console's session and CSRF tokens: a restart
     /// logs everyone out, which is fine for an operator console.
     secret: [u8; 32],
-    /// Breaker state per channel, when the process knows it.
-    pub breakers: Option<BreakerStates>,
+    /// Where the fleet's circuit breakers live (Redis), when this process
+    /// has the masters configured.
+    pub breakers: Option<crate::gate::Gate>,
 }
 
 impl std::fmt::Debug for AdminState {

@@ -23,7 +23,13 @@ pub async fn run(settings: &Settings, args: &AdminArgs) -> anyhow::Result<ExitCo
     let store = Store::connect(&settings.database_url, settings.db_pool_size).await?;
     crate::store::migrate::check_applied(store.pool()).await?;
     let listener = admin::bind(&config).await?;
-    let state = AdminState::new(store.clone(), config, &settings.regions[0]);
+    let mut state = AdminState::new(store.clone(), config, &settings.regions[0]);
+    // The console shows the fleet's breakers; without Redis it says
+    // "unknown" and everything else still works.
+    match crate::app::redlock(settings).await {
+        Ok(redlock) => state.breakers = Some(crate::gate::Gate::new(redlock)),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "breaker states unavailable"),
+    }
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     let mut term = signal(SignalKind::terminate())?;

@@ -120,10 +120,42 @@ async fn dashboard(State(s): Shared, headers: HeaderMap) -> Response {
     if let Some(r) = gate(&s, &headers) {
         return r;
     }
-    let breakers = s.breakers.as_ref().map(|b| b()).unwrap_or_default();
+    let breakers = breaker_rows(s.breakers.as_ref()).await;
     match overview(s.store.pool(), 15).await {
         Ok(o) => html(StatusCode::OK, pages::dashboard(&o, &breakers)),
         Err(e) => db_error(e),
+    }
+}
+
+/// The breakers as (channel, state) rows. Redis may be down while the
+/// database answers: the page then says so instead of failing.
+async fn breaker_rows(gate: Option<&crate::gate::Gate>) -> Vec<(String, String)> {
+    use crate::gate::BreakerState;
+    let Some(gate) = gate else {
+        return Vec::new();
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(1), gate.board()).await {
+        Ok(Ok(board)) if board.channels.is_empty() => {
+            vec![("every channel".to_owned(), "closed".to_owned())]
+        }
+        Ok(Ok(board)) => board
+            .channels
+            .iter()
+            .map(|(channel, b)| {
+                let state = match b.state {
+                    BreakerState::Open(left) => {
+                        format!("open (probe in {:.0} s)", left.as_secs_f64().ceil())
+                    }
+                    st => format!("{} ({} consecutive failures)", st.name(), b.failures),
+                };
+                (channel.clone(), state)
+            })
+            .collect(),
+        Ok(Err(e)) => vec![("—".to_owned(), format!("unknown: {e}"))],
+        Err(_) => vec![(
+            "—".to_owned(),
+            "unknown: Redis did not answer within 1 s".to_owned(),
+        )],
     }
 }
 
