@@ -122,6 +122,7 @@ impl App {
             batch_size = self.config.batch_size,
             lock_scope = %self.config.lock_scope.as_str(),
             retry_schedule = %self.config.retry.schedule,
+            record_attempts = %self.config.record_attempts.as_str(),
             "worker starting"
         );
         let worker = Worker::new(

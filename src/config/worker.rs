@@ -32,6 +32,27 @@ impl LockScope {
     }
 }
 
+/// Which delivery attempts leave a row in `notification_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum RecordAttempts {
+    /// Failed attempts only (retried or failed): what operators need to
+    /// see, at no cost for the deliveries that simply worked.
+    #[default]
+    Failures,
+    /// Every attempt, sent ones included (one more row per delivery).
+    All,
+}
+
+impl RecordAttempts {
+    /// The setting's value, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordAttempts::Failures => "failures",
+            RecordAttempts::All => "all",
+        }
+    }
+}
+
 /// `herald worker` settings.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
@@ -84,6 +105,14 @@ pub struct WorkerArgs {
     #[arg(long, env = "HERALD_RETRY_MAX_MS",
         value_parser = clap::value_parser!(u64).range(1..=30 * 86_400_000))]
     pub retry_max_ms: Option<u64>,
+    /// Attempts kept in the attempt history: failures (retried or failed) or all.
+    #[arg(
+        long,
+        env = "HERALD_RECORD_ATTEMPTS",
+        value_enum,
+        default_value = "failures"
+    )]
+    pub record_attempts: RecordAttempts,
     /// On SIGTERM/SIGINT, how long in-flight sends may take before their claims are handed back.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
@@ -147,6 +176,8 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// What a channel sets differently from the process-wide settings.
     pub channel_policies: ChannelPolicies,
+    /// Which attempts go into `notification_attempts`.
+    pub record_attempts: RecordAttempts,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     pub cleanup: Option<CleanupConfig>,
@@ -249,6 +280,7 @@ impl WorkerArgs {
             send_timeout: Duration::from_millis(self.send_timeout_ms),
             retry,
             channel_policies: ChannelPolicies::default(),
+            record_attempts: self.record_attempts,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             worker_id,
             cleanup: if self.cleanup.enabled {

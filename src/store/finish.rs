@@ -4,9 +4,18 @@
 //! `status = 'sending'`: a worker that lost its claim (its lease expired and
 //! someone else re-claimed the row) changes nothing, and the caller learns
 //! that from the row count.
+//!
+//! A finish also records its attempt ([`super::attempts`]): the last
+//! attempt's HTTP status and duration on the row, and a history row, in
+//! the same transaction, for each attempt whose finish took effect.
 
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use sqlx::mysql::MySqlRow;
 use sqlx::{Executor, MySqlPool, Row};
 
+use super::attempts::{self, History, Insert};
 use super::guarded::{fast_path, is_row_error, lock_free, ForeignLocks};
 use super::literal;
 use crate::outcome::{Counts, Outcome};
@@ -36,7 +45,7 @@ pub async fn mark_failed(
         }
         None => write.push_str("status IN ('pending', 'sending')"),
     }
-    let reason = truncate(reason);
+    let reason = literal::fit(reason, 1024);
     match sqlx::query(&write)
         .bind(reason)
         .bind(id)
@@ -94,19 +103,37 @@ pub async fn finish(
         .0)
 }
 
-/// Applies finishes for rows claimed under one token.
+/// [`finish_recorded`] without attempts to record.
+pub async fn finish_rows(
+    pool: &MySqlPool,
+    token: &[u8; 16],
+    rows: &[(u64, Finish)],
+    foreign: &ForeignLocks,
+) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
+    finish_recorded(pool, token, rows, History::none(), foreign).await
+}
+
+/// Applies finishes for rows claimed under one token, with their attempts.
 ///
 /// Like the claim, a finish never waits for a row another transaction has
 /// locked (an application's `SELECT … FOR UPDATE` can lock rows we claimed
 /// as easily as pending ones): it locks the rows that are free in one round
 /// trip, writes those, and returns the ids of the rows that are still ours
 /// but were busy, for the caller to write again later. `Sent` rows (the
-/// common case) go out in one statement together with the `COMMIT`; the
-/// rest, which carry per-row values, in one statement each.
-pub async fn finish_rows(
+/// common case) go out in one statement per distinct (HTTP status,
+/// duration) together with the `COMMIT`; the rest, which carry per-row
+/// values, in one statement each.
+///
+/// History rows are written as one `INSERT` just before the `COMMIT`, for
+/// the rows this transaction holds locked as ours: their writes cannot
+/// fail to take effect, so history and finish commit (or vanish) together.
+/// A batch of `sent` rows with no history to write (the default) takes the
+/// one-round-trip path instead.
+pub async fn finish_recorded(
     pool: &MySqlPool,
     token: &[u8; 16],
     rows: &[(u64, Finish)],
+    history: History<'_>,
     foreign: &ForeignLocks,
 ) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
     let mut counts = FinishCounts::default();
@@ -120,16 +147,14 @@ pub async fn finish_rows(
     cond.push_str(") AND claim_token = ");
     literal::bytes(&mut cond, token);
     cond.push_str(" AND status = 'sending'");
-    if rows.iter().all(|(_, f)| *f == Finish::Sent) {
+    let all_sent = rows.iter().all(|(_, f)| *f == Finish::Sent);
+    if all_sent && !(history.record_sent && history.any(ids.iter().copied())) {
         // The common case, in one round trip when nothing is locked
         // elsewhere.
-        let then = sent_sql(&ids, token) + "; SELECT ROW_COUNT()";
+        let then = sent_sql(&ids, token, &history);
         if let Some(r) = fast_path(pool, &then, foreign).await? {
-            let n = r
-                .first()
-                .and_then(|r| r.try_get::<i64, _>(0).ok())
-                .unwrap_or(0);
-            counts[Outcome::Sent] = n.max(0) as u64;
+            let n = row_counts(&r);
+            counts[Outcome::Sent] = n;
             if (n as usize) < ids.len() {
                 counts[Outcome::Sent] = 0;
                 let mut busy = Vec::new();
@@ -146,54 +171,27 @@ pub async fn finish_rows(
     let locked: std::collections::HashSet<u64> = locked.into_iter().collect();
     let mut unchanged: Vec<(u64, Finish)> = Vec::new();
     if let Some(tx) = tx.as_mut() {
+        let mut insert = Insert::new();
         for pair in rows
             .iter()
             .filter(|(id, f)| *f != Finish::Sent && locked.contains(id))
         {
             let (id, f) = pair;
-            let (q, slot) = match f {
-                Finish::Sent => unreachable!("filtered above"),
-                Finish::Retry { delay_us, error } => (
-                    sqlx::query(
-                        "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
-                         lease_until = NULL, last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                    )
-                    .bind(*delay_us)
-                    .bind(truncate(error)),
-                    &mut counts[Outcome::Retried],
-                ),
-                Finish::Failed { error } => (
-                    sqlx::query(
-                        "UPDATE notifications SET status = 'failed', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-                         last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                    )
-                    .bind(truncate(error)),
-                    &mut counts[Outcome::Failed],
-                ),
-                Finish::Expired => (
-                    sqlx::query(
-                        "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL \
-                         WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                    ),
-                    &mut counts[Outcome::Expired],
-                ),
-                Finish::HandBack => (
-                    sqlx::query(
-                        "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-                         attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                    ),
-                    &mut counts[Outcome::HandedBack],
-                ),
-            };
-            let changed = q
-                .bind(*id)
-                .bind(&token[..])
-                .execute(tx.conn())
-                .await?
-                .rows_affected();
-            *slot += changed;
+            let attempt = history.get(*id);
+            let changed = write_one(tx.conn(), token, *id, f, attempt).await?;
+            counts[f.outcome()] += changed;
             if changed == 0 {
                 unchanged.push(pair.clone());
+                continue;
+            }
+            match (f, attempt) {
+                (Finish::Retry { error, .. }, Some(a)) => {
+                    insert.push(*id, a, attempts::RETRIED, Some(error), history.worker_id)
+                }
+                (Finish::Failed { error }, Some(a)) => {
+                    insert.push(*id, a, attempts::FAILED, Some(error), history.worker_id)
+                }
+                _ => {}
             }
         }
         let sent: Vec<u64> = rows
@@ -201,16 +199,26 @@ pub async fn finish_rows(
             .filter(|(id, f)| *f == Finish::Sent && locked.contains(id))
             .map(|(id, _)| *id)
             .collect();
+        if history.record_sent {
+            // Locked as ours above, so the update below takes effect.
+            for id in &sent {
+                if let Some(a) = history.get(*id) {
+                    insert.push(*id, a, attempts::SENT, None, history.worker_id);
+                }
+            }
+        }
         let mut sql = String::new();
+        if !insert.is_empty() {
+            sql.push_str(insert.sql());
+            sql.push_str("; ");
+        }
         if !sent.is_empty() {
-            sql = sent_sql(&sent, token) + "; ";
+            sql.push_str(&sent_sql(&sent, token, &history));
+            sql.push_str("; ");
         }
         sql.push_str("COMMIT");
-        counts[Outcome::Sent] = tx
-            .conn()
-            .execute(sqlx::raw_sql(&sql))
-            .await?
-            .rows_affected();
+        let done = tx.conn().fetch_all(sqlx::raw_sql(&sql)).await?;
+        counts[Outcome::Sent] = row_counts(&done);
         if counts[Outcome::Sent] < sent.len() as u64 {
             // Cannot happen (the rows were locked as ours); recount to be sure.
             counts[Outcome::Sent] = 0;
@@ -228,6 +236,67 @@ pub async fn finish_rows(
     Ok((counts, busy))
 }
 
+/// The fenced write of one row that is not `sent`; returns the rows changed.
+async fn write_one(
+    conn: &mut sqlx::MySqlConnection,
+    token: &[u8; 16],
+    id: u64,
+    f: &Finish,
+    attempt: Option<&attempts::Attempt>,
+) -> Result<u64, sqlx::Error> {
+    // The last attempt's facts, when this finish follows one.
+    let last = if attempt.is_some() {
+        ", last_http_status = ?, last_duration_ms = ?"
+    } else {
+        ""
+    };
+    let fence = "WHERE id = ? AND claim_token = ? AND status = 'sending'";
+    let sql = match f {
+        Finish::Sent => unreachable!("sent rows are written together"),
+        Finish::Retry { .. } => format!(
+            "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+             lease_until = NULL, last_error = ?{last} {fence}"
+        ),
+        Finish::Failed { .. } => format!(
+            "UPDATE notifications SET status = 'failed', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+             last_error = ?{last} {fence}"
+        ),
+        Finish::Expired => format!(
+            "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL {fence}"
+        ),
+        Finish::HandBack => format!(
+            "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+             attempts = GREATEST(attempts, 1) - 1 {fence}"
+        ),
+    };
+    let mut q = sqlx::query(&sql);
+    match f {
+        Finish::Retry { delay_us, error } => {
+            q = q.bind(*delay_us).bind(literal::fit(error, 1024));
+        }
+        Finish::Failed { error } => q = q.bind(literal::fit(error, 1024)),
+        _ => {}
+    }
+    if matches!(f, Finish::Retry { .. } | Finish::Failed { .. }) {
+        if let Some(a) = attempt {
+            q = q.bind(a.http_status).bind(a.duration_ms);
+        }
+    }
+    Ok(q.bind(id)
+        .bind(&token[..])
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+/// The sum of the `SELECT ROW_COUNT()` rows a statement list answered.
+fn row_counts(rows: &[MySqlRow]) -> u64 {
+    rows.iter()
+        .filter_map(|r| r.try_get::<i64, _>(0).ok())
+        .map(|n| n.max(0) as u64)
+        .sum()
+}
+
 impl Finish {
     /// The outcome this finish records when it takes effect.
     pub fn outcome(&self) -> Outcome {
@@ -241,17 +310,42 @@ impl Finish {
     }
 }
 
-/// The fenced `sent` write of `ids`.
-fn sent_sql(ids: &[u64], token: &[u8; 16]) -> String {
-    let mut sql = String::with_capacity(ids.len() * 8 + 256);
-    sql.push_str(
-        "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-         last_error = NULL WHERE id IN (",
-    );
-    literal::ids(&mut sql, ids);
-    sql.push_str(") AND claim_token = ");
-    literal::bytes(&mut sql, token);
-    sql.push_str(" AND status = 'sending'");
+/// The fenced `sent` writes of `ids`, each followed by `SELECT
+/// ROW_COUNT()`: one `UPDATE` per distinct (HTTP status, duration) of
+/// their attempts, since those go on the row. Sends of one batch mostly
+/// share both (an instant transport: no status, 0 ms), so this is usually
+/// one statement.
+fn sent_sql(ids: &[u64], token: &[u8; 16], history: &History<'_>) -> String {
+    // `None`: no attempt (the columns are left as they are).
+    let mut groups: BTreeMap<Option<(Option<u16>, u32)>, Vec<u64>> = BTreeMap::new();
+    for id in ids {
+        let key = history.get(*id).map(|a| (a.http_status, a.duration_ms));
+        groups.entry(key).or_default().push(*id);
+    }
+    let mut sql = String::with_capacity(ids.len() * 8 + 320 * groups.len());
+    for (i, (key, ids)) in groups.iter().enumerate() {
+        if i > 0 {
+            sql.push_str("; ");
+        }
+        sql.push_str(
+            "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+             last_error = NULL",
+        );
+        if let Some((status, ms)) = key {
+            match status {
+                Some(s) => {
+                    let _ = write!(sql, ", last_http_status = {s}");
+                }
+                None => sql.push_str(", last_http_status = NULL"),
+            }
+            let _ = write!(sql, ", last_duration_ms = {ms}");
+        }
+        sql.push_str(" WHERE id IN (");
+        literal::ids(&mut sql, ids);
+        sql.push_str(") AND claim_token = ");
+        literal::bytes(&mut sql, token);
+        sql.push_str(" AND status = 'sending'; SELECT ROW_COUNT()");
+    }
     sql
 }
 
@@ -313,16 +407,4 @@ async fn recount_unchanged(
         counts.add(f.outcome(), 1);
     }
     Ok(())
-}
-
-/// `last_error` is VARCHAR(1024); cut on a character boundary.
-fn truncate(s: &str) -> &str {
-    if s.len() <= 1024 {
-        return s;
-    }
-    let mut end = 1024;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

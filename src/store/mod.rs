@@ -11,6 +11,8 @@
 //! * [`claim`] — the fenced claim and the read-back (step 3).
 //! * [`finish`] — the outcome writes, each fenced by the claim (step 5),
 //!   and the isolated `failed` write of a row nothing else can write.
+//! * [`attempts`] — the attempt history the finish writes record, and
+//!   reading it back.
 //! * `guarded` — statements that never wait for rows another transaction
 //!   holds, and which errors are about one row.
 //! * [`status`] — counts by status, backlog and lag.
@@ -20,6 +22,7 @@
 //! All time comparisons use the database clock (`UTC_TIMESTAMP(6)`), so
 //! instances whose clocks drift still agree on when a lease expired.
 
+pub mod attempts;
 pub mod candidates;
 pub mod claim;
 pub mod connect;

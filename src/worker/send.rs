@@ -1,22 +1,29 @@
-//! Senders: deliver claimed rows and turn each outcome into a [`Finish`].
+//! Senders: deliver claimed rows and turn each outcome into a [`Finish`],
+//! with the [`Attempt`] it records (not for hand-backs and rows that expired
+//! before sending: those were not attempts).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::job::{ClaimBatch, Done, Job};
 use super::Shared;
 use super::{PAYLOAD_BUDGET_KIB, PAYLOAD_COPIES};
+use crate::store::attempts::Attempt;
 use crate::store::claim::{self, INLINE_PAYLOAD_MAX};
 use crate::store::finish::Finish;
-use crate::transport::{Delivery, SendOutcome};
+use crate::transport::{AttemptReport, Delivery, SendOutcome};
+
+/// What one row came to: the finish to write, the due-to-delivery lag of a
+/// sent row, and the attempt to record.
+type Decided = (Finish, Option<f64>, Option<Attempt>);
 
 /// Item scope: one row, its own lock key released when it is finished.
 pub(crate) async fn run_item(shared: Arc<Shared>, batch: Arc<ClaimBatch>, job: Job) {
-    let (finish, lag) = deliver(&shared, &batch, &job).await;
-    report(&shared, batch, job, finish, lag, true);
+    let decided = deliver(&shared, &batch, &job).await;
+    report(&shared, batch, job, decided, true);
 }
 
 /// User scope: one user's rows in due order, never two at once; the user's
@@ -24,25 +31,20 @@ pub(crate) async fn run_item(shared: Arc<Shared>, batch: Arc<ClaimBatch>, job: J
 pub(crate) async fn run_user(shared: Arc<Shared>, batch: Arc<ClaimBatch>, jobs: Vec<Job>) {
     let count = jobs.len();
     for (i, job) in jobs.into_iter().enumerate() {
-        let (finish, lag) = deliver(&shared, &batch, &job).await;
-        report(&shared, batch.clone(), job, finish, lag, i + 1 == count);
+        let decided = deliver(&shared, &batch, &job).await;
+        report(&shared, batch.clone(), job, decided, i + 1 == count);
     }
 }
 
-fn report(
-    shared: &Shared,
-    batch: Arc<ClaimBatch>,
-    job: Job,
-    finish: Finish,
-    lag: Option<f64>,
-    release: bool,
-) {
+fn report(shared: &Shared, batch: Arc<ClaimBatch>, job: Job, decided: Decided, release: bool) {
+    let (finish, lag, attempt) = decided;
     let done = Done::Row {
         batch,
         id: job.id,
         finish,
         release_key: release.then_some(job.key),
         lag_s: lag,
+        attempt,
     };
     if shared.finish_tx.send(done).is_err() {
         // Only possible if the finisher died; the claim then runs out with
@@ -52,23 +54,27 @@ fn report(
 }
 
 /// Decides what to do with one row and, if it is deliverable, delivers it.
-/// Returns the finish to record and, on success, the due-to-delivery lag.
-async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Option<f64>) {
+/// A row that fails or is retried without reaching a transport (an unusable
+/// payload, an unknown channel, a payload the database would not give)
+/// still used up an attempt, so it records one, of no duration.
+async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> Decided {
     let cfg = &shared.cfg;
     let row = match &job.row {
         Ok(row) => row,
         Err((_, reason)) => {
             tracing::warn!(id = job.id, reason = %reason, "unusable row marked failed");
-            return (failed(format!("unusable row: {reason}")), None);
+            // The row could not be read: not even its attempt number is known.
+            return (failed(format!("unusable row: {reason}")), None, None);
         }
     };
     if shared.stop.is_cancelled() {
-        return (Finish::HandBack, None);
+        return (Finish::HandBack, None, None);
     }
     if row.expires_at.is_some_and(|t| t <= Utc::now()) {
         tracing::debug!(id = row.id, "expired before sending");
-        return (Finish::Expired, None);
+        return (Finish::Expired, None, None);
     }
+    let unsent = || Some(no_send(row.attempts));
     // A large payload is read now, under the byte budget, and held only
     // for this send.
     let mut loaded;
@@ -79,7 +85,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             .min(PAYLOAD_BUDGET_KIB as u64) as u32;
         _budget = tokio::select! {
             p = shared.payload_budget.acquire_many(kib) => p.ok(),
-            _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+            _ = shared.stop.cancelled() => return (Finish::HandBack, None, None),
         };
         let token = *batch.lock.token().as_bytes();
         match claim::fetch_payload(shared.deps.store.pool(), row.id, &token).await {
@@ -90,7 +96,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             }
             Ok(None) => {
                 tracing::debug!(id = row.id, "claim gone before the payload was read");
-                return (Finish::HandBack, None);
+                return (Finish::HandBack, None, None);
             }
             Err(e) => {
                 tracing::warn!(id = row.id, error = %e, "reading the payload failed; retrying later");
@@ -106,6 +112,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                         error: format!("reading the payload failed: {e}"),
                     },
                     None,
+                    unsent(),
                 );
             }
         }
@@ -116,26 +123,26 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(id = row.id, reason = %e, "unusable row marked failed");
-            return (failed(format!("unusable row: {e}")), None);
+            return (failed(format!("unusable row: {e}")), None, unsent());
         }
     };
     let transport = match shared.deps.transports.resolve(&row.channel) {
         Ok(t) => t.clone(),
         Err(reason) => {
             tracing::warn!(id = row.id, channel = %row.channel, reason = %reason, "row marked failed");
-            return (failed(reason), None);
+            return (failed(reason), None, unsent());
         }
     };
 
     let _permit = tokio::select! {
         p = shared.send_permits.acquire() => match p {
             Ok(p) => p,
-            Err(_) => return (Finish::HandBack, None),
+            Err(_) => return (Finish::HandBack, None, None),
         },
-        _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+        _ = shared.stop.cancelled() => return (Finish::HandBack, None, None),
     };
     if shared.stop.is_cancelled() {
-        return (Finish::HandBack, None);
+        return (Finish::HandBack, None, None);
     }
     // Step 4 of the protocol: send only while the lock outlives the send.
     let margin = cfg.lock_ttl / 20;
@@ -144,7 +151,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             id = row.id,
             "lock validity too short for another send; handing back"
         );
-        return (Finish::HandBack, None);
+        return (Finish::HandBack, None, None);
     }
 
     let key = row.idempotency_key();
@@ -158,18 +165,23 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         attempt: row.attempts,
         idempotency_key: &key,
     };
+    let started_at = Utc::now();
     let started = Instant::now();
     // The transport enforces the send timeout itself; this outer bound only
     // guards against a transport that does not.
     let outer = cfg.send_timeout + Duration::from_secs(1);
-    let outcome = tokio::select! {
-        o = tokio::time::timeout(outer, transport.send(&delivery)) => o.unwrap_or_else(|_| SendOutcome::timeout(format!("timeout after {outer:?}"))),
+    let report = tokio::select! {
+        o = tokio::time::timeout(outer, transport.attempt(&delivery)) => o.unwrap_or_else(|_| {
+            AttemptReport::new(SendOutcome::timeout(format!("timeout after {outer:?}")), outer)
+        }),
         _ = shared.abort.cancelled() => {
             tracing::warn!(id = row.id, "send cut off by shutdown; handing back");
-            return (Finish::HandBack, None);
+            return (Finish::HandBack, None, None);
         }
     };
     let took = started.elapsed();
+    let (outcome, attempt) = split(row.attempts, started_at, report);
+    let attempt = Some(attempt);
     shared
         .deps
         .metrics
@@ -193,7 +205,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                 .max(0) as f64
                 / 1e6;
             tracing::debug!(id = row.id, attempt = row.attempts, "sent");
-            (Finish::Sent, Some(lag))
+            (Finish::Sent, Some(lag), attempt)
         }
         SendOutcome::Transient {
             reason,
@@ -205,6 +217,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                 return (
                     failed(format!("gave up after {} attempts: {reason}", row.attempts)),
                     None,
+                    attempt,
                 );
             };
             tracing::info!(
@@ -220,15 +233,39 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                     error: reason,
                 },
                 None,
+                attempt,
             )
         }
         SendOutcome::Permanent { reason } => {
             tracing::info!(id = row.id, reason = %reason, "permanent failure");
-            (failed(reason), None)
+            (failed(reason), None, attempt)
         }
     }
 }
 
 fn failed(error: String) -> Finish {
     Finish::Failed { error }
+}
+
+/// A transport's report as the outcome to act on and the attempt to record.
+fn split(attempt: u32, started_at: DateTime<Utc>, r: AttemptReport) -> (SendOutcome, Attempt) {
+    let a = Attempt {
+        attempt,
+        started_at,
+        duration_ms: u32::try_from(r.duration.as_millis()).unwrap_or(u32::MAX),
+        http_status: r.http_status,
+        response_body: r.response_body,
+    };
+    (r.outcome, a)
+}
+
+/// An attempt decided without a send (the reason is the finish's error).
+fn no_send(attempt: u32) -> Attempt {
+    Attempt {
+        attempt,
+        started_at: Utc::now(),
+        duration_ms: 0,
+        http_status: None,
+        response_body: None,
+    }
 }
