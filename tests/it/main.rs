@@ -3,10 +3,12 @@
 
 mod bench;
 mod companions;
+mod delivery_policy;
 mod deploy;
 mod faults;
 mod foundation;
 mod helpers;
+mod history;
 mod lock;
 mod lock_faults;
 mod mariadb_proc;

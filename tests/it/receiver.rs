@@ -39,6 +39,8 @@ struct Inner {
     seen: Mutex<HashMap<u64, usize>>,
     latency: Duration,
     script: Box<Script>,
+    /// The response body for a status.
+    body: Box<dyn Fn(u16) -> String + Send + Sync>,
 }
 
 pub struct Receiver {
@@ -58,17 +60,30 @@ impl Receiver {
         latency: Duration,
         script: impl Fn(u64, usize) -> (u16, Option<u64>) + Send + Sync + 'static,
     ) -> Receiver {
+        Self::serve(None, latency, script, |_| "ok".to_owned()).await
+    }
+
+    /// [`Receiver::scripted`] on a given address (none: a free port), with
+    /// the response body per status.
+    pub async fn serve(
+        addr: Option<SocketAddr>,
+        latency: Duration,
+        script: impl Fn(u64, usize) -> (u16, Option<u64>) + Send + Sync + 'static,
+        body: impl Fn(u16) -> String + Send + Sync + 'static,
+    ) -> Receiver {
         let inner = Arc::new(Inner {
             in_progress: Default::default(),
             hits: Mutex::new(Vec::new()),
             seen: Mutex::new(HashMap::new()),
             latency,
             script: Box::new(script),
+            body: Box::new(body),
         });
         let app = Router::new()
             .route("/hook", post(handle))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -150,7 +165,7 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         end: Instant::now(),
         status,
     });
-    let mut resp = (StatusCode::from_u16(status).unwrap(), "ok").into_response();
+    let mut resp = (StatusCode::from_u16(status).unwrap(), (inner.body)(status)).into_response();
     if let Some(s) = retry_after {
         resp.headers_mut()
             .insert("retry-after", s.to_string().parse().unwrap());
