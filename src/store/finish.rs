@@ -120,9 +120,8 @@ pub async fn finish_rows(
 /// as easily as pending ones): it locks the rows that are free in one round
 /// trip, writes those, and returns the ids of the rows that are still ours
 /// but were busy, for the caller to write again later. `Sent` rows (the
-/// common case) go out in one statement per distinct (HTTP status,
-/// duration) together with the `COMMIT`; the rest, which carry per-row
-/// values, in one statement each.
+/// common case) go out in one statement together with the `COMMIT`; the
+/// rest, which carry per-row values, in one statement each.
 ///
 /// History rows are written as one `INSERT` just before the `COMMIT`, for
 /// the rows this transaction holds locked as ours: their writes cannot
@@ -310,43 +309,90 @@ impl Finish {
     }
 }
 
-/// The fenced `sent` writes of `ids`, each followed by `SELECT
-/// ROW_COUNT()`: one `UPDATE` per distinct (HTTP status, duration) of
-/// their attempts, since those go on the row. Sends of one batch mostly
-/// share both (an instant transport: no status, 0 ms), so this is usually
-/// one statement.
+/// The fenced `sent` write of `ids`, followed by `SELECT ROW_COUNT()`.
+/// The last attempt's status and duration go on each row, in the same
+/// statement (see [`set_per_row`]): one statement per batch, as before
+/// they were recorded.
 fn sent_sql(ids: &[u64], token: &[u8; 16], history: &History<'_>) -> String {
-    // `None`: no attempt (the columns are left as they are).
-    let mut groups: BTreeMap<Option<(Option<u16>, u32)>, Vec<u64>> = BTreeMap::new();
-    for id in ids {
-        let key = history.get(*id).map(|a| (a.http_status, a.duration_ms));
-        groups.entry(key).or_default().push(*id);
-    }
-    let mut sql = String::with_capacity(ids.len() * 8 + 320 * groups.len());
-    for (i, (key, ids)) in groups.iter().enumerate() {
-        if i > 0 {
-            sql.push_str("; ");
-        }
-        sql.push_str(
-            "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-             last_error = NULL",
-        );
-        if let Some((status, ms)) = key {
-            match status {
-                Some(s) => {
-                    let _ = write!(sql, ", last_http_status = {s}");
-                }
-                None => sql.push_str(", last_http_status = NULL"),
+    let mut sql = String::with_capacity(ids.len() * 8 + 320);
+    sql.push_str(
+        "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+         last_error = NULL",
+    );
+    if history.any(ids.iter().copied()) {
+        // A row without an attempt keeps its value (the column itself).
+        set_per_row(&mut sql, "last_http_status", ids, |id| {
+            match history.get(id).map(|a| a.http_status) {
+                None => Value::Keep,
+                Some(None) => Value::Null,
+                Some(Some(s)) => Value::Int(s.into()),
             }
-            let _ = write!(sql, ", last_duration_ms = {ms}");
-        }
-        sql.push_str(" WHERE id IN (");
-        literal::ids(&mut sql, ids);
-        sql.push_str(") AND claim_token = ");
-        literal::bytes(&mut sql, token);
-        sql.push_str(" AND status = 'sending'; SELECT ROW_COUNT()");
+        });
+        set_per_row(&mut sql, "last_duration_ms", ids, |id| {
+            history
+                .get(id)
+                .map_or(Value::Keep, |a| Value::Int(a.duration_ms.into()))
+        });
     }
+    sql.push_str(" WHERE id IN (");
+    literal::ids(&mut sql, ids);
+    sql.push_str(") AND claim_token = ");
+    literal::bytes(&mut sql, token);
+    sql.push_str(" AND status = 'sending'; SELECT ROW_COUNT()");
     sql
+}
+
+/// A value [`set_per_row`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Value {
+    Keep,
+    Null,
+    Int(u64),
+}
+
+/// Appends `, column = <expr>` giving each of `ids` its own value in one
+/// statement: the most common value as the default, and `CASE WHEN id IN
+/// (…) THEN v` for the others. The servers look constant `IN` lists up by
+/// binary search, so this stays cheap for a large batch, and a batch of
+/// instant sends (all 0 ms, no status) needs no `CASE` at all. Nothing is
+/// appended when every row keeps its value.
+fn set_per_row(sql: &mut String, column: &str, ids: &[u64], value: impl Fn(u64) -> Value) {
+    let mut groups: BTreeMap<Value, Vec<u64>> = BTreeMap::new();
+    for id in ids {
+        groups.entry(value(*id)).or_default().push(*id);
+    }
+    let Some(common) = groups
+        .iter()
+        .max_by_key(|(_, ids)| ids.len())
+        .map(|(v, _)| *v)
+    else {
+        return;
+    };
+    if groups.len() == 1 && common == Value::Keep {
+        return;
+    }
+    let put = |sql: &mut String, v: Value| match v {
+        Value::Keep => sql.push_str(column),
+        Value::Null => sql.push_str("NULL"),
+        Value::Int(n) => {
+            let _ = write!(sql, "{n}");
+        }
+    };
+    let _ = write!(sql, ", {column} = ");
+    if groups.len() == 1 {
+        put(sql, common);
+        return;
+    }
+    sql.push_str("CASE");
+    for (v, ids) in groups.iter().filter(|(v, _)| **v != common) {
+        sql.push_str(" WHEN id IN (");
+        literal::ids(sql, ids);
+        sql.push_str(") THEN ");
+        put(sql, *v);
+    }
+    sql.push_str(" ELSE ");
+    put(sql, common);
+    sql.push_str(" END");
 }
 
 /// The status a finish leaves a row in.
@@ -407,4 +453,31 @@ async fn recount_unchanged(
         counts.add(f.outcome(), 1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_row_values_use_the_common_one_as_the_default() {
+        let value = |id: u64| match id {
+            1 | 2 | 3 => Value::Int(0),
+            4 => Value::Int(7),
+            5 => Value::Null,
+            _ => Value::Keep,
+        };
+        let mut sql = String::new();
+        set_per_row(&mut sql, "c", &[1, 2, 3, 4, 5, 6], value);
+        assert_eq!(
+            sql,
+            ", c = CASE WHEN id IN (6) THEN c WHEN id IN (5) THEN NULL WHEN id IN (4) THEN 7 ELSE 0 END"
+        );
+        let mut sql = String::new();
+        set_per_row(&mut sql, "c", &[1, 2], value);
+        assert_eq!(sql, ", c = 0");
+        let mut sql = String::new();
+        set_per_row(&mut sql, "c", &[6, 7], value);
+        assert_eq!(sql, "", "every row keeps its value");
+    }
 }
