@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn per_row_values_use_the_common_one_as_the_default() {
         let value = |id: u64| match id {
-            1 | 2 | 3 => Value::Int(0),
+            1..=3 => Value::Int(0),
             4 => Value::Int(7),
             5 => Value::Null,
             _ => Value::Keep,
