@@ -30,7 +30,7 @@ async fn migrate_creates_the_database_and_is_idempotent() {
     assert!(second.status.success(), "{}", text(&second.stderr));
     let out = text(&second.stdout);
     assert!(
-        out.contains("up to date (1 migrations already applied)"),
+        out.contains("up to date (2 migrations already applied)"),
         "{out}"
     );
     assert!(!out.contains("created database"), "{out}");
