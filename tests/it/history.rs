@@ -196,6 +196,27 @@ async fn history_is_written_only_where_the_fenced_finish_took_effect() {
     );
     assert_eq!(last(&db, ids[1]).await, (Some(503), Some(12)));
 
+    // Expired before sending and handed back: not attempts, whatever the
+    // caller passes along.
+    let extra = insert_due(&db, 2).await;
+    let (e, hb) = (extra[extra.len() - 2], extra[extra.len() - 1]);
+    let token3 = claim_all(&db, &[e, hb]).await;
+    let map2: HashMap<u64, Attempt> = [(e, attempt(500, 1)), (hb, attempt(500, 1))].into();
+    let h2 = History {
+        attempts: &map2,
+        record_sent: true,
+        ..history
+    };
+    let done = [(e, Finish::Expired), (hb, Finish::HandBack)];
+    let (c, _) = finish::finish_recorded(pool, &token3, &done, h2, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!((c[Outcome::Expired], c[Outcome::HandedBack]), (1, 1));
+    for id in [e, hb] {
+        assert_eq!(history_len(&db, id).await, 0);
+        assert_eq!(last(&db, id).await, (None, None));
+    }
+
     // HERALD_RECORD_ATTEMPTS=all: the sent attempt gets its row too.
     db.exec(&format!(
         "UPDATE notifications SET status = 'pending', due_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND WHERE id = {}",
