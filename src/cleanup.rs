@@ -20,8 +20,8 @@
 //!   per-tick time cap, shutdown or a lost lock end the pass.
 //! * **History without its notification** (deleted by another service) is
 //!   swept after a pass that reached the end of its walk: a few batches of
-//!   the history table per tick, resuming where the last tick stopped
-//!   ([`prune::sweep_orphans`]).
+//!   the history table per tick, resuming where this instance's last tick
+//!   stopped ([`prune::sweep_orphans`]).
 //!
 //! Each tick logs one line (`cleanup: deleted N in M batches`, `cleanup:
 //! skipped (backlog B > T)`, `cleanup: lock held elsewhere`). The start and
