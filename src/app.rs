@@ -155,6 +155,7 @@ impl App {
                 .retry
                 .as_ref()
                 .unwrap_or(&self.config.retry.schedule),
+            record_attempts = %self.config.record_attempts.as_str(),
             "worker starting"
         );
         let worker = Worker::new(

@@ -18,6 +18,10 @@
 //!   (1205) or a deadlock (1213) gives up after a short session lock-wait
 //!   timeout, and the batch size halves. The end of the walk (a short step), the
 //!   per-tick time cap, shutdown or a lost lock end the pass.
+//! * **History without its notification** (deleted by another service) is
+//!   swept after a pass that reached the end of its walk: a few batches of
+//!   the history table per tick, resuming where this instance's last tick
+//!   stopped ([`prune::sweep_orphans`]).
 //!
 //! Each tick logs one line (`cleanup: deleted N in M batches`, `cleanup:
 //! skipped (backlog B > T)`, `cleanup: lock held elsewhere`). The start and
@@ -30,6 +34,7 @@
 pub mod config;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +63,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Lock-wait failures in a row after which the pass gives up until the next
 /// tick: the rows are evidently busy.
 const MAX_LOCK_WAITS_IN_A_ROW: u32 = 5;
+/// Batches of the history table one tick looks at for orphans: the whole
+/// table is covered over successive ticks, at a bounded cost per tick.
+const ORPHAN_STEPS_PER_TICK: u32 = 20;
 
 /// Why a pass that ran stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +91,8 @@ pub enum Outcome {
         batches: u64,
         /// Cancelled rows given a `finished_at` (see [`prune::stamp_cancelled`]).
         stamped: u64,
+        /// History rows whose notification was gone (see [`prune::sweep_orphans`]).
+        orphans: u64,
         end: End,
     },
     Skipped {
@@ -100,11 +110,15 @@ impl fmt::Display for Outcome {
                 deleted,
                 batches,
                 stamped,
+                orphans,
                 end,
             } => {
                 write!(f, "deleted {deleted} in {batches} batches")?;
                 if *stamped > 0 {
                     write!(f, ", stamped finished_at on {stamped} cancelled rows")?;
+                }
+                if *orphans > 0 {
+                    write!(f, ", {orphans} history rows without a notification")?;
                 }
                 match end {
                     End::Finished => Ok(()),
@@ -136,6 +150,8 @@ pub struct Cleanup {
     /// The regions this process's worker serves: the backlog gate counts
     /// only these (a backlog nobody here sends must not stop cleanup).
     regions: Vec<String>,
+    /// Where the next orphan sweep starts (a history id; 0 = the start).
+    sweep_from: Arc<AtomicU64>,
 }
 
 impl Cleanup {
@@ -152,6 +168,7 @@ impl Cleanup {
             metrics,
             cfg,
             regions,
+            sweep_from: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -336,12 +353,49 @@ impl Cleanup {
                 _ = lost.cancelled() => {}
             }
         };
+        let orphans = if end == End::Finished {
+            self.sweep(conn, shutdown, lost, started).await?
+        } else {
+            0
+        };
         Ok(Outcome::Ran {
             deleted,
             batches,
             stamped: stamped.unwrap_or(0),
+            orphans,
             end,
         })
+    }
+
+    /// Deletes attempt history whose notification is gone, a few batches
+    /// per tick from where the last tick stopped; returns the rows deleted.
+    async fn sweep(
+        &self,
+        conn: &mut MySqlConnection,
+        shutdown: &CancellationToken,
+        lost: &CancellationToken,
+        started: Instant,
+    ) -> anyhow::Result<u64> {
+        let cfg = &self.cfg;
+        let mut deleted = 0;
+        for _ in 0..ORPHAN_STEPS_PER_TICK {
+            if shutdown.is_cancelled() || lost.is_cancelled() || started.elapsed() >= cfg.max_tick {
+                break;
+            }
+            let from = self.sweep_from.load(Ordering::Relaxed);
+            let step = prune::sweep_orphans(conn, from, cfg.batch).await?;
+            deleted += step.deleted;
+            let end = step.scanned < cfg.batch;
+            self.sweep_from
+                .store(if end { 0 } else { step.next }, Ordering::Relaxed);
+            if step.deleted > 0 {
+                tokio::time::sleep(cfg.pause).await;
+            }
+            if end {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 }
 

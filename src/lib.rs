@@ -37,7 +37,7 @@
 //! * [`metrics`] — the Prometheus registry every part reports to.
 //! * [`store`] — everything that talks to MySQL: connecting, migrations,
 //!   enqueue, the candidate/claim/finish queries of the delivery protocol,
-//!   status counts and pruning.
+//!   the attempt history, status counts and pruning.
 //! * [`transport`] — delivers one notification (webhook, log, file) and says
 //!   whether a failure is transient or permanent.
 //! * [`gate`] — fleet-wide rate limits and circuit breakers per channel,

@@ -38,7 +38,7 @@ use crate::secret::SecretUrl;
 pub use crate::setting::{parse_duration, ConfigError};
 pub use crate::telemetry::LogFormat;
 pub use enqueue::EnqueueArgs;
-pub use worker::{LockScope, WorkerArgs, WorkerConfig};
+pub use worker::{LockScope, RecordAttempts, WorkerArgs, WorkerConfig};
 
 /// Settings every command shares. Listed under their own heading in every
 /// command's help, apart from the command's own flags.

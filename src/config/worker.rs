@@ -52,6 +52,27 @@ impl LockScope {
     }
 }
 
+/// Which delivery attempts leave a row in `notification_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum RecordAttempts {
+    /// Failed attempts only (retried or failed): what operators need to
+    /// see, at no cost for the deliveries that simply worked.
+    #[default]
+    Failures,
+    /// Every attempt, sent ones included (one more row per delivery).
+    All,
+}
+
+impl RecordAttempts {
+    /// The setting's value, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordAttempts::Failures => "failures",
+            RecordAttempts::All => "all",
+        }
+    }
+}
+
 /// `herald worker` settings.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
@@ -114,6 +135,14 @@ pub struct WorkerArgs {
     #[arg(long, env = "HERALD_BREAKER_COOL_DOWN", default_value = "30s",
         value_parser = parse_cool_down)]
     pub breaker_cool_down: Duration,
+    /// Attempts kept in the attempt history: failures (retried or failed) or all.
+    #[arg(
+        long,
+        env = "HERALD_RECORD_ATTEMPTS",
+        value_enum,
+        default_value = "failures"
+    )]
+    pub record_attempts: RecordAttempts,
     /// On SIGTERM/SIGINT, how long in-flight sends may take before their claims are handed back.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
@@ -186,6 +215,8 @@ pub struct WorkerConfig {
     pub channel_policies: ChannelPolicies,
     /// The breaker of channels that set none; `None`: off.
     pub breaker: Option<BreakerPolicy>,
+    /// Which attempts go into `notification_attempts`.
+    pub record_attempts: RecordAttempts,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     pub cleanup: Option<CleanupConfig>,
@@ -312,6 +343,7 @@ impl WorkerArgs {
                 failures: self.breaker_failures,
                 cool_down: self.breaker_cool_down,
             }),
+            record_attempts: self.record_attempts,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             worker_id,
             cleanup: if self.cleanup.enabled {

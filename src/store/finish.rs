@@ -4,9 +4,18 @@
 //! `status = 'sending'`: a worker that lost its claim (its lease expired and
 //! someone else re-claimed the row) changes nothing, and the caller learns
 //! that from the row count.
+//!
+//! A finish also records its attempt ([`super::attempts`]): the last
+//! attempt's HTTP status and duration on the row, and a history row, in
+//! the same transaction, for each attempt whose finish took effect.
 
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use sqlx::mysql::MySqlRow;
 use sqlx::{Executor, MySqlPool, Row};
 
+use super::attempts::{self, History, Insert};
 use super::guarded::{fast_path, is_row_error, lock_free, ForeignLocks};
 use super::literal;
 use crate::outcome::{Counts, Outcome};
@@ -36,7 +45,7 @@ pub async fn mark_failed(
         }
         None => write.push_str("status IN ('pending', 'sending')"),
     }
-    let reason = truncate(reason);
+    let reason = literal::fit(reason, 1024);
     match sqlx::query(&write)
         .bind(reason)
         .bind(id)
@@ -118,7 +127,17 @@ pub async fn finish(
         .0)
 }
 
-/// Applies finishes for rows claimed under one token.
+/// [`finish_recorded`] without attempts to record.
+pub async fn finish_rows(
+    pool: &MySqlPool,
+    token: &[u8; 16],
+    rows: &[(u64, Finish)],
+    foreign: &ForeignLocks,
+) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
+    finish_recorded(pool, token, rows, History::none(), foreign).await
+}
+
+/// Applies finishes for rows claimed under one token, with their attempts.
 ///
 /// Like the claim, a finish never waits for a row another transaction has
 /// locked (an application's `SELECT … FOR UPDATE` can lock rows we claimed
@@ -127,10 +146,17 @@ pub async fn finish(
 /// but were busy, for the caller to write again later. `Sent` rows (the
 /// common case) go out in one statement together with the `COMMIT`; the
 /// rest, which carry per-row values, in one statement each.
-pub async fn finish_rows(
+///
+/// History rows are written as one `INSERT` just before the `COMMIT`, for
+/// the rows this transaction holds locked as ours: their writes cannot
+/// fail to take effect, so history and finish commit (or vanish) together.
+/// A batch of `sent` rows with no history to write (the default) takes the
+/// one-round-trip path instead.
+pub async fn finish_recorded(
     pool: &MySqlPool,
     token: &[u8; 16],
     rows: &[(u64, Finish)],
+    history: History<'_>,
     foreign: &ForeignLocks,
 ) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
     let mut counts = FinishCounts::default();
@@ -144,16 +170,14 @@ pub async fn finish_rows(
     cond.push_str(") AND claim_token = ");
     literal::bytes(&mut cond, token);
     cond.push_str(" AND status = 'sending'");
-    if rows.iter().all(|(_, f)| *f == Finish::Sent) {
+    let all_sent = rows.iter().all(|(_, f)| *f == Finish::Sent);
+    if all_sent && !(history.record_sent && history.any(ids.iter().copied())) {
         // The common case, in one round trip when nothing is locked
         // elsewhere.
-        let then = sent_sql(&ids, token) + "; SELECT ROW_COUNT()";
+        let then = sent_sql(&ids, token, &history);
         if let Some(r) = fast_path(pool, &then, foreign).await? {
-            let n = r
-                .first()
-                .and_then(|r| r.try_get::<i64, _>(0).ok())
-                .unwrap_or(0);
-            counts[Outcome::Sent] = n.max(0) as u64;
+            let n = row_counts(&r);
+            counts[Outcome::Sent] = n;
             if (n as usize) < ids.len() {
                 counts[Outcome::Sent] = 0;
                 let mut busy = Vec::new();
@@ -170,68 +194,27 @@ pub async fn finish_rows(
     let locked: std::collections::HashSet<u64> = locked.into_iter().collect();
     let mut unchanged: Vec<(u64, Finish)> = Vec::new();
     if let Some(tx) = tx.as_mut() {
+        let mut insert = Insert::new();
         for pair in rows
             .iter()
             .filter(|(id, f)| *f != Finish::Sent && locked.contains(id))
         {
             let (id, f) = pair;
-            let (q, slot) = match f {
-                Finish::Sent => unreachable!("filtered above"),
-                Finish::Retry { delay_us, error } => (
-                    sqlx::query(
-                        "UPDATE notifications SET status = IF(cancel_requested_at IS NULL, 'pending', 'cancelled'), \
-                         finished_at = IF(cancel_requested_at IS NULL, finished_at, UTC_TIMESTAMP(6)), \
-                         due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
-                         lease_until = NULL, last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                    )
-                    .bind(*delay_us)
-                    .bind(truncate(error)),
-                    &mut counts[Outcome::Retried],
-                ),
-                Finish::Failed { error } => (
-                    sqlx::query(
-                        "UPDATE notifications SET status = 'failed', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-                         last_error = ? WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                    )
-                    .bind(truncate(error)),
-                    &mut counts[Outcome::Failed],
-                ),
-                Finish::Expired => (
-                    sqlx::query(
-                        "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-                         attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                    ),
-                    &mut counts[Outcome::Expired],
-                ),
-                Finish::Defer { delay_us } => (
-                    sqlx::query(
-                        "UPDATE notifications SET status = IF(cancel_requested_at IS NULL, 'pending', 'cancelled'), \
-                         finished_at = IF(cancel_requested_at IS NULL, finished_at, UTC_TIMESTAMP(6)), \
-                         due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
-                         lease_until = NULL, attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                    )
-                    .bind(*delay_us),
-                    &mut counts[Outcome::HandedBack],
-                ),
-                Finish::HandBack => (
-                    sqlx::query(
-                        "UPDATE notifications SET status = IF(cancel_requested_at IS NULL, 'pending', 'cancelled'), \
-                         finished_at = IF(cancel_requested_at IS NULL, finished_at, UTC_TIMESTAMP(6)), \
-                         due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-                         attempts = GREATEST(attempts, 1) - 1 WHERE id = ? AND claim_token = ? AND status = 'sending'",
-                    ),
-                    &mut counts[Outcome::HandedBack],
-                ),
-            };
-            let changed = q
-                .bind(*id)
-                .bind(&token[..])
-                .execute(tx.conn())
-                .await?
-                .rows_affected();
-            *slot += changed;
+            let attempt = history.get(*id);
+            let changed = write_one(tx.conn(), token, *id, f, attempt).await?;
+            counts[f.outcome()] += changed;
             if changed == 0 {
                 unchanged.push(pair.clone());
+                continue;
+            }
+            match (f, attempt) {
+                (Finish::Retry { error, .. }, Some(a)) => {
+                    insert.push(*id, a, attempts::RETRIED, Some(error), history.worker_id)
+                }
+                (Finish::Failed { error }, Some(a)) => {
+                    insert.push(*id, a, attempts::FAILED, Some(error), history.worker_id)
+                }
+                _ => {}
             }
         }
         let sent: Vec<u64> = rows
@@ -239,16 +222,26 @@ pub async fn finish_rows(
             .filter(|(id, f)| *f == Finish::Sent && locked.contains(id))
             .map(|(id, _)| *id)
             .collect();
+        if history.record_sent {
+            // Locked as ours above, so the update below takes effect.
+            for id in &sent {
+                if let Some(a) = history.get(*id) {
+                    insert.push(*id, a, attempts::SENT, None, history.worker_id);
+                }
+            }
+        }
         let mut sql = String::new();
+        if !insert.is_empty() {
+            sql.push_str(insert.sql());
+            sql.push_str("; ");
+        }
         if !sent.is_empty() {
-            sql = sent_sql(&sent, token) + "; ";
+            sql.push_str(&sent_sql(&sent, token, &history));
+            sql.push_str("; ");
         }
         sql.push_str("COMMIT");
-        counts[Outcome::Sent] = tx
-            .conn()
-            .execute(sqlx::raw_sql(&sql))
-            .await?
-            .rows_affected();
+        let done = tx.conn().fetch_all(sqlx::raw_sql(&sql)).await?;
+        counts[Outcome::Sent] = row_counts(&done);
         if counts[Outcome::Sent] < sent.len() as u64 {
             // Cannot happen (the rows were locked as ours); recount to be sure.
             counts[Outcome::Sent] = 0;
@@ -266,6 +259,80 @@ pub async fn finish_rows(
     Ok((counts, busy))
 }
 
+/// The status (and finish time) of a row going back to pending: an
+/// operator's cancel request ends it `cancelled` instead.
+const BACK_TO_PENDING: &str = "status = IF(cancel_requested_at IS NULL, 'pending', 'cancelled'), \
+     finished_at = IF(cancel_requested_at IS NULL, finished_at, UTC_TIMESTAMP(6))";
+
+/// The fenced write of one row that is not `sent`; returns the rows changed.
+async fn write_one(
+    conn: &mut sqlx::MySqlConnection,
+    token: &[u8; 16],
+    id: u64,
+    f: &Finish,
+    attempt: Option<&attempts::Attempt>,
+) -> Result<u64, sqlx::Error> {
+    // The last attempt's facts, when this finish follows one.
+    let last = if attempt.is_some() {
+        ", last_http_status = ?, last_duration_ms = ?"
+    } else {
+        ""
+    };
+    let fence = "WHERE id = ? AND claim_token = ? AND status = 'sending'";
+    let sql = match f {
+        Finish::Sent => unreachable!("sent rows are written together"),
+        // An operator's cancel request (`herald cancel`) turns every way
+        // back to pending into `cancelled`.
+        Finish::Retry { .. } => format!(
+            "UPDATE notifications SET {BACK_TO_PENDING}, due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+             lease_until = NULL, last_error = ?{last} {fence}"
+        ),
+        Finish::Failed { .. } => format!(
+            "UPDATE notifications SET status = 'failed', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+             last_error = ?{last} {fence}"
+        ),
+        Finish::Expired => format!(
+            "UPDATE notifications SET status = 'expired', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+             attempts = GREATEST(attempts, 1) - 1 {fence}"
+        ),
+        Finish::Defer { .. } => format!(
+            "UPDATE notifications SET {BACK_TO_PENDING}, due_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+             lease_until = NULL, attempts = GREATEST(attempts, 1) - 1 {fence}"
+        ),
+        Finish::HandBack => format!(
+            "UPDATE notifications SET {BACK_TO_PENDING}, due_at = UTC_TIMESTAMP(6), lease_until = NULL, \
+             attempts = GREATEST(attempts, 1) - 1 {fence}"
+        ),
+    };
+    let mut q = sqlx::query(&sql);
+    match f {
+        Finish::Retry { delay_us, error } => {
+            q = q.bind(*delay_us).bind(literal::fit(error, 1024));
+        }
+        Finish::Failed { error } => q = q.bind(literal::fit(error, 1024)),
+        Finish::Defer { delay_us } => q = q.bind(*delay_us),
+        _ => {}
+    }
+    if matches!(f, Finish::Retry { .. } | Finish::Failed { .. }) {
+        if let Some(a) = attempt {
+            q = q.bind(a.http_status).bind(a.duration_ms);
+        }
+    }
+    Ok(q.bind(id)
+        .bind(&token[..])
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+/// The sum of the `SELECT ROW_COUNT()` rows a statement list answered.
+fn row_counts(rows: &[MySqlRow]) -> u64 {
+    rows.iter()
+        .filter_map(|r| r.try_get::<i64, _>(0).ok())
+        .map(|n| n.max(0) as u64)
+        .sum()
+}
+
 impl Finish {
     /// The outcome this finish records when it takes effect.
     pub fn outcome(&self) -> Outcome {
@@ -279,18 +346,90 @@ impl Finish {
     }
 }
 
-/// The fenced `sent` write of `ids`.
-fn sent_sql(ids: &[u64], token: &[u8; 16]) -> String {
-    let mut sql = String::with_capacity(ids.len() * 8 + 256);
+/// The fenced `sent` write of `ids`, followed by `SELECT ROW_COUNT()`.
+/// The last attempt's status and duration go on each row, in the same
+/// statement (see [`set_per_row`]): one statement per batch, as before
+/// they were recorded.
+fn sent_sql(ids: &[u64], token: &[u8; 16], history: &History<'_>) -> String {
+    let mut sql = String::with_capacity(ids.len() * 8 + 320);
     sql.push_str(
         "UPDATE notifications SET status = 'sent', finished_at = UTC_TIMESTAMP(6), lease_until = NULL, \
-         last_error = NULL WHERE id IN (",
+         last_error = NULL",
     );
+    if history.any(ids.iter().copied()) {
+        // A row without an attempt keeps its value (the column itself).
+        set_per_row(&mut sql, "last_http_status", ids, |id| {
+            match history.get(id).map(|a| a.http_status) {
+                None => Value::Keep,
+                Some(None) => Value::Null,
+                Some(Some(s)) => Value::Int(s.into()),
+            }
+        });
+        set_per_row(&mut sql, "last_duration_ms", ids, |id| {
+            history
+                .get(id)
+                .map_or(Value::Keep, |a| Value::Int(a.duration_ms.into()))
+        });
+    }
+    sql.push_str(" WHERE id IN (");
     literal::ids(&mut sql, ids);
     sql.push_str(") AND claim_token = ");
     literal::bytes(&mut sql, token);
-    sql.push_str(" AND status = 'sending'");
+    sql.push_str(" AND status = 'sending'; SELECT ROW_COUNT()");
     sql
+}
+
+/// A value [`set_per_row`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Value {
+    Keep,
+    Null,
+    Int(u64),
+}
+
+/// Appends `, column = <expr>` giving each of `ids` its own value in one
+/// statement: the most common value as the default, and `CASE WHEN id IN
+/// (…) THEN v` for the others. The servers look constant `IN` lists up by
+/// binary search, so this stays cheap for a large batch, and a batch of
+/// instant sends (all 0 ms, no status) needs no `CASE` at all. Nothing is
+/// appended when every row keeps its value.
+fn set_per_row(sql: &mut String, column: &str, ids: &[u64], value: impl Fn(u64) -> Value) {
+    let mut groups: BTreeMap<Value, Vec<u64>> = BTreeMap::new();
+    for id in ids {
+        groups.entry(value(*id)).or_default().push(*id);
+    }
+    let Some(common) = groups
+        .iter()
+        .max_by_key(|(_, ids)| ids.len())
+        .map(|(v, _)| *v)
+    else {
+        return;
+    };
+    if groups.len() == 1 && common == Value::Keep {
+        return;
+    }
+    let put = |sql: &mut String, v: Value| match v {
+        Value::Keep => sql.push_str(column),
+        Value::Null => sql.push_str("NULL"),
+        Value::Int(n) => {
+            let _ = write!(sql, "{n}");
+        }
+    };
+    let _ = write!(sql, ", {column} = ");
+    if groups.len() == 1 {
+        put(sql, common);
+        return;
+    }
+    sql.push_str("CASE");
+    for (v, ids) in groups.iter().filter(|(v, _)| **v != common) {
+        sql.push_str(" WHEN id IN (");
+        literal::ids(sql, ids);
+        sql.push_str(") THEN ");
+        put(sql, *v);
+    }
+    sql.push_str(" ELSE ");
+    put(sql, common);
+    sql.push_str(" END");
 }
 
 /// The status a finish leaves a row in.
@@ -357,14 +496,29 @@ async fn recount_unchanged(
     Ok(())
 }
 
-/// `last_error` is VARCHAR(1024); cut on a character boundary.
-fn truncate(s: &str) -> &str {
-    if s.len() <= 1024 {
-        return s;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_row_values_use_the_common_one_as_the_default() {
+        let value = |id: u64| match id {
+            1..=3 => Value::Int(0),
+            4 => Value::Int(7),
+            5 => Value::Null,
+            _ => Value::Keep,
+        };
+        let mut sql = String::new();
+        set_per_row(&mut sql, "c", &[1, 2, 3, 4, 5, 6], value);
+        assert_eq!(
+            sql,
+            ", c = CASE WHEN id IN (6) THEN c WHEN id IN (5) THEN NULL WHEN id IN (4) THEN 7 ELSE 0 END"
+        );
+        let mut sql = String::new();
+        set_per_row(&mut sql, "c", &[1, 2], value);
+        assert_eq!(sql, ", c = 0");
+        let mut sql = String::new();
+        set_per_row(&mut sql, "c", &[6, 7], value);
+        assert_eq!(sql, "", "every row keeps its value");
     }
-    let mut end = 1024;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

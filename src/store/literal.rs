@@ -47,6 +47,19 @@ pub(crate) fn texts<'a>(sql: &mut String, items: impl IntoIterator<Item = &'a st
     }
 }
 
+/// `s` cut to at most `max` bytes on a character boundary, for a
+/// `VARCHAR(max)` column (whose limit counts characters, so this always fits).
+pub(crate) fn fit(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +76,12 @@ mod tests {
             s,
             "1,22,333 X'00abff' _utf8mb4 X'6575', _utf8mb4 X'6f273b2044524f50205441424c4520783b202d2d'"
         );
+    }
+
+    #[test]
+    fn fit_cuts_on_a_character_boundary() {
+        assert_eq!(fit("abc", 3), "abc");
+        assert_eq!(fit("aé", 2), "a");
+        assert_eq!(fit("aé", 3), "aé");
     }
 }

@@ -14,6 +14,8 @@
 //!   way (their `due_at` to when they may go), without an attempt.
 //! * [`finish`] — the outcome writes, each fenced by the claim (step 5),
 //!   and the isolated `failed` write of a row nothing else can write.
+//! * [`attempts`] — the attempt history the finish writes record, and
+//!   reading it back.
 //! * `guarded` — statements that never wait for rows another transaction
 //!   holds, and which errors are about one row.
 //! * [`status`] — counts by status, backlog and lag.
@@ -25,6 +27,7 @@
 //! All time comparisons use the database clock (`UTC_TIMESTAMP(6)`), so
 //! instances whose clocks drift still agree on when a lease expired.
 
+pub mod attempts;
 pub mod candidates;
 pub mod claim;
 pub mod connect;

@@ -14,11 +14,16 @@
 //! Deletes go by id (`WHERE id IN (…)`) rather than by a range condition, so
 //! each one locks exactly the rows it removes and nothing around them that a
 //! sender might be waiting for.
+//!
+//! A notification's attempt history (`notification_attempts`) goes with it,
+//! in the same transaction. History whose notification was deleted some
+//! other way (another service's `DELETE`) is found by [`sweep_orphans`], a
+//! bounded walk over the history table, so it cannot pile up either.
 
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use sqlx::{MySqlConnection, QueryBuilder};
+use sqlx::{Connection, MySqlConnection, QueryBuilder};
 
 /// How long finished rows are kept, per status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,25 +137,97 @@ pub async fn scan(
     })
 }
 
-/// Deletes `ids`, re-checking that each is still finished (a belt to the
-/// braces of [`scan`]: finished rows are final, but the table is a
-/// contract other services write to). Returns the rows deleted.
+/// Deletes `ids` and their attempt history, re-checking that each is still
+/// finished (a belt to the braces of [`scan`]: finished rows are final, but
+/// the table is a contract other services write to). Returns the
+/// notifications deleted. One transaction: history never outlives its
+/// notification, nor goes before it.
 pub async fn delete_ids(conn: &mut MySqlConnection, ids: &[u64]) -> Result<u64, sqlx::Error> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut qb = QueryBuilder::new("DELETE FROM notifications WHERE id IN (");
-    let mut list = qb.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
+    let finished_ids = |qb: &mut QueryBuilder<'_, sqlx::MySql>| {
+        qb.push("id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        qb.push(") AND status IN (");
+        let mut list = qb.separated(", ");
+        for status in FINISHED {
+            list.push_bind(status);
+        }
+        qb.push(")");
+    };
+    let mut tx = conn.begin().await?;
+    let mut history = QueryBuilder::new(
+        "DELETE FROM notification_attempts WHERE notification_id IN \
+         (SELECT id FROM notifications WHERE ",
+    );
+    finished_ids(&mut history);
+    history.push(")");
+    history.build().execute(&mut *tx).await?;
+    let mut rows = QueryBuilder::new("DELETE FROM notifications WHERE ");
+    finished_ids(&mut rows);
+    let deleted = rows.build().execute(&mut *tx).await?.rows_affected();
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// One step of [`sweep_orphans`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// History rows looked at; fewer than asked = the end of the table.
+    pub scanned: u64,
+    pub deleted: u64,
+    /// The last history id looked at: where the next step starts.
+    pub next: u64,
+}
+
+/// Looks at the next `limit` history rows after id `after` and deletes
+/// those whose notification no longer exists. Each step reads one bounded
+/// range of the history table's primary key and one primary-key lookup per
+/// row, so a sweep costs little even when there is nothing to delete.
+pub async fn sweep_orphans(
+    conn: &mut MySqlConnection,
+    after: u64,
+    limit: u64,
+) -> Result<Sweep, sqlx::Error> {
+    let rows: Vec<(u64, i64)> = sqlx::query_as(
+        "SELECT a.id, CAST(n.id IS NULL AS SIGNED) FROM \
+         (SELECT id, notification_id FROM notification_attempts WHERE id > ? ORDER BY id LIMIT ?) a \
+         LEFT JOIN notifications n ON n.id = a.notification_id ORDER BY a.id",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let orphans: Vec<u64> = rows
+        .iter()
+        .filter(|(_, orphan)| *orphan != 0)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut deleted = 0;
+    if !orphans.is_empty() {
+        // Re-checked: a notification may have been inserted with that id
+        // meanwhile (ids are only reused after a server restart forgot
+        // the counter, but the table is not ours alone).
+        let mut qb = QueryBuilder::new("DELETE FROM notification_attempts WHERE id IN (");
+        let mut list = qb.separated(", ");
+        for id in &orphans {
+            list.push_bind(*id);
+        }
+        qb.push(
+            ") AND NOT EXISTS (SELECT 1 FROM notifications n \
+             WHERE n.id = notification_attempts.notification_id)",
+        );
+        deleted = qb.build().execute(&mut *conn).await?.rows_affected();
     }
-    qb.push(") AND status IN (");
-    let mut list = qb.separated(", ");
-    for status in FINISHED {
-        list.push_bind(status);
-    }
-    qb.push(")");
-    Ok(qb.build().execute(conn).await?.rows_affected())
+    Ok(Sweep {
+        scanned: rows.len() as u64,
+        deleted,
+        next: rows.last().map_or(after, |(id, _)| *id),
+    })
 }
 
 /// Gives at most `limit` cancelled rows without a `finished_at` one: the

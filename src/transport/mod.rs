@@ -63,18 +63,21 @@
 //! * `channels` — parsing `HERALD_CHANNELS` and the webhook URL rule;
 //! * `webhook`, `log`, [`file`](mod@file) — the transports (the file channel's
 //!   simulated latency is [`file::latency`]);
-//! * `signature` — Standard Webhooks signing and verification.
+//! * `signature` — Standard Webhooks signing and verification;
+//! * `report` — [`AttemptReport`]: what one attempt looked like (status,
+//!   the start of the body, duration), for the attempt history.
 
 mod channels;
 pub mod file;
 mod log;
+mod report;
 mod signature;
 mod webhook;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
@@ -85,6 +88,7 @@ use crate::secret::SecretString;
 pub use channels::{parse_channels, parse_webhook_url, ChannelKind, ChannelSpec};
 pub use file::FileTransport;
 pub use log::LogTransport;
+pub use report::{body_snippet, AttemptReport, BODY_SNIPPET_BYTES};
 pub use signature::{decode_secret, verify_signature, SecretError, Signer, SECRET_PREFIX};
 pub use webhook::{build_client, parse_retry_after, WebhookTransport};
 
@@ -156,6 +160,17 @@ impl SendOutcome {
 /// different kinds behind one `Arc<dyn Transport>`.
 pub trait Transport: Send + Sync + std::fmt::Debug {
     fn send<'a>(&'a self, d: &'a Delivery<'a>) -> BoxFuture<'a, SendOutcome>;
+    /// [`Transport::send`], with what the attempt history keeps about it.
+    /// The worker calls this one. Transports that have an HTTP status or a
+    /// response body to tell override it; the rest get the outcome and the
+    /// time `send` took.
+    fn attempt<'a>(&'a self, d: &'a Delivery<'a>) -> BoxFuture<'a, AttemptReport> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let outcome = self.send(d).await;
+            AttemptReport::new(outcome, started.elapsed())
+        })
+    }
     /// `"webhook"`, `"log"` or `"file"`, for logs and metrics labels.
     fn kind(&self) -> &'static str;
     /// How many secrets sign each delivery (0: unsigned), for the start-up

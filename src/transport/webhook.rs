@@ -1,7 +1,7 @@
 //! The webhook transport: an HTTP POST signed per Standard Webhooks.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -10,7 +10,8 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{Delivery, RetryCause, SendOutcome, Signer, Transport};
+use super::BODY_SNIPPET_BYTES;
+use super::{body_snippet, AttemptReport, Delivery, RetryCause, SendOutcome, Signer, Transport};
 use crate::secret::redact_url;
 
 /// Idle connections kept per host. The worker runs up to `HERALD_CONCURRENCY`
@@ -20,8 +21,13 @@ const POOL_MAX_IDLE_PER_HOST: usize = 256;
 
 /// How much of an error body ends up in a reason (the rest is only drained).
 const REASON_CHARS: usize = 200;
-/// Bytes kept for the reason: enough for `REASON_CHARS` of 4-byte UTF-8.
-const KEEP_BYTES: usize = REASON_CHARS * 4;
+/// Bytes kept of a body: enough for `REASON_CHARS` of 4-byte UTF-8 in the
+/// reason, and for the attempt history's snippet.
+const KEEP_BYTES: usize = if REASON_CHARS * 4 > BODY_SNIPPET_BYTES {
+    REASON_CHARS * 4
+} else {
+    BODY_SNIPPET_BYTES
+};
 
 /// The one HTTP client all webhook channels share (one connection pool).
 /// Redirects are not followed: a receiver that moved must be reconfigured,
@@ -97,11 +103,24 @@ impl WebhookTransport {
         &self.url
     }
 
-    async fn deliver(&self, d: &Delivery<'_>) -> SendOutcome {
+    /// One attempt, timed from before the body is built to the outcome.
+    async fn deliver(&self, d: &Delivery<'_>) -> AttemptReport {
+        let started = Instant::now();
+        let (outcome, http_status, body) = self.exchange(d).await;
+        AttemptReport {
+            outcome,
+            http_status,
+            response_body: body.as_deref().and_then(body_snippet),
+            duration: started.elapsed(),
+        }
+    }
+
+    /// The request and its classification, with the status and the first
+    /// [`KEEP_BYTES`] of the body when an answer came.
+    async fn exchange(&self, d: &Delivery<'_>) -> (SendOutcome, Option<u16>, Option<Vec<u8>>) {
         let Ok(webhook_id) = HeaderValue::from_str(d.idempotency_key) else {
-            return SendOutcome::permanent(
-                "idempotency key is not a valid webhook-id header value",
-            );
+            let reason = "idempotency key is not a valid webhook-id header value";
+            return (SendOutcome::permanent(reason), None, None);
         };
         let body = match serde_json::to_vec(&Body {
             id: d.id,
@@ -112,7 +131,10 @@ impl WebhookTransport {
             attempt: d.attempt,
         }) {
             Ok(b) => b,
-            Err(e) => return SendOutcome::permanent(format!("encoding the body: {e}")),
+            Err(e) => {
+                let reason = format!("encoding the body: {e}");
+                return (SendOutcome::permanent(reason), None, None);
+            }
         };
         // Fresh per attempt, as the standard wants: receivers reject stale
         // timestamps to stop replays, and a retry may come hours later.
@@ -132,20 +154,22 @@ impl WebhookTransport {
         }
         let mut resp = match req.body(body).send().await {
             Ok(r) => r,
-            Err(e) => return self.classify_error(e),
+            Err(e) => return (self.classify_error(e), None, None),
         };
         let status = resp.status();
+        let code = Some(status.as_u16());
         if status.is_success() {
             // Draining a small body lets the connection go back to the pool;
             // a body larger than the cap is not worth reading, so the
             // connection is dropped instead.
+            let mut kept = None;
             if resp
                 .content_length()
                 .is_none_or(|n| n <= self.max_response_bytes as u64)
             {
-                read_capped(&mut resp, self.max_response_bytes).await;
+                kept = Some(read_capped(&mut resp, self.max_response_bytes).await);
             }
-            return SendOutcome::Sent;
+            return (SendOutcome::Sent, code, kept);
         }
         let retry_after = resp
             .headers()
@@ -159,13 +183,14 @@ impl WebhookTransport {
         };
         let kept = read_capped(&mut resp, limit).await;
         let snippet = snippet(&kept);
+        let kept = Some(kept);
         let mut reason = format!("HTTP {}", status.as_u16());
         if status.is_redirection() {
             reason.push_str(": redirect not followed");
             if !location {
                 reason.push_str(" (no Location)");
             }
-            return SendOutcome::Permanent { reason };
+            return (SendOutcome::Permanent { reason }, code, kept);
         }
         if snippet.is_empty() {
             if let Some(canonical) = status.canonical_reason() {
@@ -182,13 +207,14 @@ impl WebhookTransport {
                 408 => RetryCause::Timeout,
                 _ => RetryCause::Error,
             };
-            SendOutcome::Transient {
+            let outcome = SendOutcome::Transient {
                 reason,
                 retry_after,
                 cause,
-            }
+            };
+            (outcome, code, kept)
         } else {
-            SendOutcome::Permanent { reason }
+            (SendOutcome::Permanent { reason }, code, kept)
         }
     }
 
@@ -213,6 +239,10 @@ impl WebhookTransport {
 
 impl Transport for WebhookTransport {
     fn send<'a>(&'a self, d: &'a Delivery<'a>) -> BoxFuture<'a, SendOutcome> {
+        Box::pin(async move { self.deliver(d).await.outcome })
+    }
+
+    fn attempt<'a>(&'a self, d: &'a Delivery<'a>) -> BoxFuture<'a, AttemptReport> {
         Box::pin(self.deliver(d))
     }
 

@@ -5,7 +5,8 @@
 //! id IN (…)` replaces hundreds. The finisher takes whatever has arrived,
 //! writes it grouped by claim (token), then releases those rows' lock keys —
 //! after the write, so no other instance can lock a row whose outcome is not
-//! recorded yet.
+//! recorded yet. The rows' attempts (status, duration, history) are
+//! recorded by the same writes ([`crate::store::attempts`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -16,8 +17,10 @@ use tokio::sync::mpsc;
 
 use super::job::{ClaimBatch, Done};
 use super::Shared;
+use crate::config::RecordAttempts;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
+use crate::store::attempts::{Attempt, History};
 use crate::store::finish::{self as store_finish, Finish, FinishCounts};
 
 /// Most rows written in one round.
@@ -35,6 +38,7 @@ struct Group {
     rows: Vec<(u64, Finish)>,
     keys: Vec<String>,
     lags: Vec<f64>,
+    attempts: HashMap<u64, Attempt>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Done>) {
@@ -61,6 +65,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
                     finish,
                     release_key,
                     lag_s,
+                    attempt,
                 } => {
                     let g = groups
                         .entry(Arc::as_ptr(&batch) as usize)
@@ -69,8 +74,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
                             rows: Vec::new(),
                             keys: Vec::new(),
                             lags: Vec::new(),
+                            attempts: HashMap::new(),
                         });
                     g.rows.push((id, finish));
+                    if let Some(a) = attempt {
+                        g.attempts.insert(id, a);
+                    }
                     g.keys.extend(release_key);
                     g.lags.extend(lag_s);
                 }
@@ -97,6 +106,11 @@ async fn write_group(shared: &Shared, g: Group) {
     // would let their leases run out and another instance send them again.
     // So keep trying for as long as the database is away, and stop only
     // when the shutdown grace is over.
+    let history = History {
+        worker_id: &shared.cfg.worker_id,
+        record_sent: shared.cfg.record_attempts == RecordAttempts::All,
+        attempts: &g.attempts,
+    };
     let mut attempt = 0u32;
     let (counts, busy) = loop {
         attempt += 1;
@@ -106,6 +120,7 @@ async fn write_group(shared: &Shared, g: Group) {
             shared.deps.store.pool(),
             &token,
             &g.rows,
+            history,
             &shared.finish_foreign_locks,
         );
         let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
@@ -192,6 +207,10 @@ fn requeue_busy(shared: &Shared, g: &Group, busy: Vec<u64>) {
         .filter(|(id, _)| busy.contains(id))
         .cloned()
         .collect();
+    let mut attempts: HashMap<u64, Attempt> = busy
+        .iter()
+        .filter_map(|id| Some((*id, g.attempts.get(id)?.clone())))
+        .collect();
     let tx = shared.finish_tx.clone();
     let batch = g.batch.clone();
     let abort = shared.abort.clone();
@@ -207,6 +226,7 @@ fn requeue_busy(shared: &Shared, g: &Group, busy: Vec<u64>) {
                 finish,
                 release_key: None,
                 lag_s: None,
+                attempt: attempts.remove(&id),
             };
             if tx.send(row).is_err() {
                 tracing::warn!(id, "finisher gone; row left to its lease");
@@ -217,29 +237,41 @@ fn requeue_busy(shared: &Shared, g: &Group, busy: Vec<u64>) {
 
 /// Writes the finishes; when the write fails because of what one row holds
 /// (a trigger or constraint another service added), splits the rows until
-/// that row is alone and marks it failed with the reason, so the others are
-/// recorded and one row cannot hold its batch's rows (and send slots)
+/// that row is alone, then writes it without its attempt (history and
+/// `last_*` columns), then marks it failed with the reason, so the others
+/// are recorded and one row cannot hold its batch's rows (and send slots)
 /// forever. Returns the counts and the rows that were busy (locked by
 /// another transaction).
 async fn finish_isolating(
     pool: &sqlx::MySqlPool,
     token: &[u8; 16],
     rows: &[(u64, Finish)],
+    history: History<'_>,
     foreign: &crate::store::ForeignLocks,
 ) -> Result<(FinishCounts, Vec<u64>), sqlx::Error> {
     let mut total = FinishCounts::default();
     let mut busy = Vec::new();
-    let mut parts: Vec<&[(u64, Finish)]> = vec![rows];
-    while let Some(part) = parts.pop() {
-        match store_finish::finish_rows(pool, token, part, foreign).await {
+    // Each part with whether its attempts are still written.
+    let mut parts: Vec<(&[(u64, Finish)], bool)> = vec![(rows, true)];
+    while let Some((part, recorded)) = parts.pop() {
+        let h = if recorded { history } else { History::none() };
+        match store_finish::finish_recorded(pool, token, part, h, foreign).await {
             Ok((c, b)) => {
                 busy.extend(b);
                 total.merge(&c);
             }
             Err(e) if crate::store::is_row_error(&e) && part.len() > 1 => {
                 let (a, b) = part.split_at(part.len() / 2);
-                parts.push(b);
-                parts.push(a);
+                parts.push((b, recorded));
+                parts.push((a, recorded));
+            }
+            Err(e)
+                if crate::store::is_row_error(&e)
+                    && recorded
+                    && history.any(part.iter().map(|(id, _)| *id)) =>
+            {
+                tracing::warn!(id = part[0].0, error = %e, "recording the attempt failed; finishing the row without it");
+                parts.push((part, false));
             }
             Err(e) if crate::store::is_row_error(&e) => {
                 let (id, finish) = &part[0];

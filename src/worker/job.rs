@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use crate::lock::BatchLock;
 use crate::outcome::AtomicCounts;
+use crate::store::attempts::Attempt;
 use crate::store::claim::ClaimedRead;
 use crate::store::finish::Finish;
 
@@ -47,6 +48,8 @@ pub(crate) enum Done {
         /// group in user scope, every row in item scope).
         release_key: Option<String>,
         lag_s: Option<f64>,
+        /// The delivery attempt this finish records, if the row had one.
+        attempt: Option<Attempt>,
     },
     /// Sent by `Worker::run` once nothing is in flight.
     Close,

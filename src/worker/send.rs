@@ -1,9 +1,11 @@
-//! Senders: deliver claimed rows and turn each outcome into a [`Finish`].
+//! Senders: deliver claimed rows and turn each outcome into a [`Finish`],
+//! with the [`Attempt`] it records (not for hand-backs, deferrals and rows
+//! that expired before sending: those were not attempts).
 //!
 //! Each row follows its channel's policy ([`crate::policy::ChannelPolicy`]):
 //! its send timeout (for the transport, the outer bound and the lock
 //! check), its retry schedule (with the process-wide floors and caps), and
-//! its concurrency cap (a [`super::gate`] permit taken before the process's
+//! its concurrency cap (a [`super::caps`] permit taken before the process's
 //! send permit).
 
 use std::borrow::Cow;
@@ -11,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::caps::Refused;
 use super::job::{ClaimBatch, Done, Job};
@@ -19,14 +21,19 @@ use super::Shared;
 use super::{PAYLOAD_BUDGET_KIB, PAYLOAD_COPIES};
 use crate::config::WorkerConfig;
 use crate::policy::{ChannelPolicy, RetryPolicy};
+use crate::store::attempts::Attempt;
 use crate::store::claim::{self, INLINE_PAYLOAD_MAX};
 use crate::store::finish::Finish;
-use crate::transport::{Delivery, SendOutcome};
+use crate::transport::{AttemptReport, Delivery, SendOutcome};
+
+/// What one row came to: the finish to write, the due-to-delivery lag of a
+/// sent row, and the attempt to record.
+type Decided = (Finish, Option<f64>, Option<Attempt>);
 
 /// Item scope: one row, its own lock key released when it is finished.
 pub(crate) async fn run_item(shared: Arc<Shared>, batch: Arc<ClaimBatch>, job: Job) {
-    let (finish, lag) = deliver(&shared, &batch, &job).await;
-    report(&shared, batch, job, finish, lag, true);
+    let decided = deliver(&shared, &batch, &job).await;
+    report(&shared, batch, job, decided, true);
 }
 
 /// User scope: one user's rows in due order, never two at once; the user's
@@ -37,12 +44,12 @@ pub(crate) async fn run_user(shared: Arc<Shared>, batch: Arc<ClaimBatch>, jobs: 
     let count = jobs.len();
     let mut handing_back = false;
     for (i, job) in jobs.into_iter().enumerate() {
-        let (finish, lag) = match handing_back {
-            true => (Finish::HandBack, None),
+        let decided = match handing_back {
+            true => (Finish::HandBack, None, None),
             false => deliver(&shared, &batch, &job).await,
         };
-        handing_back |= finish == Finish::HandBack;
-        report(&shared, batch.clone(), job, finish, lag, i + 1 == count);
+        handing_back |= decided.0 == Finish::HandBack;
+        report(&shared, batch.clone(), job, decided, i + 1 == count);
     }
 }
 
@@ -58,14 +65,8 @@ fn retry_policy<'a>(cfg: &'a WorkerConfig, policy: &ChannelPolicy) -> Cow<'a, Re
     }
 }
 
-fn report(
-    shared: &Shared,
-    batch: Arc<ClaimBatch>,
-    job: Job,
-    finish: Finish,
-    lag: Option<f64>,
-    release: bool,
-) {
+fn report(shared: &Shared, batch: Arc<ClaimBatch>, job: Job, decided: Decided, release: bool) {
+    let (finish, lag, attempt) = decided;
     // A probe row that ends here without a delivery attempt frees the
     // probe (one that was sent has already reported).
     shared.admission.not_sent([job.id]);
@@ -75,6 +76,7 @@ fn report(
         finish,
         release_key: release.then_some(job.key),
         lag_s: lag,
+        attempt,
     };
     if shared.finish_tx.send(done).is_err() {
         // Only possible if the finisher died; the claim then runs out with
@@ -84,25 +86,29 @@ fn report(
 }
 
 /// Decides what to do with one row and, if it is deliverable, delivers it.
-/// Returns the finish to record and, on success, the due-to-delivery lag.
-async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Option<f64>) {
+/// A row that fails or is retried without reaching a transport (an unusable
+/// payload, an unknown channel, a payload the database would not give)
+/// still used up an attempt, so it records one, of no duration.
+async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> Decided {
     let cfg = &shared.cfg;
     let row = match &job.row {
         Ok(row) => row,
         Err((_, reason)) => {
             tracing::warn!(id = job.id, reason = %reason, "unusable row marked failed");
-            return (failed(format!("unusable row: {reason}")), None);
+            // The row could not be read: not even its attempt number is known.
+            return (failed(format!("unusable row: {reason}")), None, None);
         }
     };
     if shared.stop.is_cancelled() {
-        return (Finish::HandBack, None);
+        return (Finish::HandBack, None, None);
     }
     let policy = cfg.channel_policies.get(&row.channel);
     let send_timeout = policy.send_timeout.unwrap_or(cfg.send_timeout);
     if row.expires_at.is_some_and(|t| t <= Utc::now()) {
         tracing::debug!(id = row.id, "expired before sending");
-        return (Finish::Expired, None);
+        return (Finish::Expired, None, None);
     }
+    let unsent = || Some(no_send(row.attempts));
     // A large payload is read now, under the byte budget, and held only
     // for this send.
     let mut loaded;
@@ -113,7 +119,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             .min(PAYLOAD_BUDGET_KIB as u64) as u32;
         _budget = tokio::select! {
             p = shared.payload_budget.acquire_many(kib) => p.ok(),
-            _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+            _ = shared.stop.cancelled() => return (Finish::HandBack, None, None),
         };
         let token = *batch.lock.token().as_bytes();
         match claim::fetch_payload(shared.deps.store.pool(), row.id, &token).await {
@@ -124,7 +130,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             }
             Ok(None) => {
                 tracing::debug!(id = row.id, "claim gone before the payload was read");
-                return (Finish::HandBack, None);
+                return (Finish::HandBack, None, None);
             }
             Err(e) => {
                 tracing::warn!(id = row.id, error = %e, "reading the payload failed; retrying later");
@@ -139,6 +145,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                         error: format!("reading the payload failed: {e}"),
                     },
                     None,
+                    unsent(),
                 );
             }
         }
@@ -149,14 +156,14 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(id = row.id, reason = %e, "unusable row marked failed");
-            return (failed(format!("unusable row: {e}")), None);
+            return (failed(format!("unusable row: {e}")), None, unsent());
         }
     };
     let transport = match shared.deps.transports.resolve(&row.channel) {
         Ok(t) => t.clone(),
         Err(reason) => {
             tracing::warn!(id = row.id, channel = %row.channel, reason = %reason, "row marked failed");
-            return (failed(reason), None);
+            return (failed(reason), None, unsent());
         }
     };
 
@@ -168,20 +175,20 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             Err(Refused::Full(out_for)) => {
                 tracing::debug!(id = row.id, channel = %row.channel, "channel at its cap; handing back");
                 shared.note_busy_for(std::iter::once(row.id), out_for);
-                return (Finish::HandBack, None);
+                return (Finish::HandBack, None, None);
             }
         },
-        _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+        _ = shared.stop.cancelled() => return (Finish::HandBack, None, None),
     };
     let _permit = tokio::select! {
         p = shared.send_permits.acquire() => match p {
             Ok(p) => p,
-            Err(_) => return (Finish::HandBack, None),
+            Err(_) => return (Finish::HandBack, None, None),
         },
-        _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+        _ = shared.stop.cancelled() => return (Finish::HandBack, None, None),
     };
     if shared.stop.is_cancelled() {
-        return (Finish::HandBack, None);
+        return (Finish::HandBack, None, None);
     }
     // Step 4 of the protocol: send only while the lock outlives the send.
     let margin = cfg.lock_ttl / 20;
@@ -190,14 +197,14 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
             id = row.id,
             "lock validity too short for another send; handing back"
         );
-        return (Finish::HandBack, None);
+        return (Finish::HandBack, None, None);
     }
 
     // An operator's cancel request (`herald cancel`): handing the row
     // back ends it `cancelled`.
     if row.cancel_requested || shared.cancels.requested(row.id, batch.started).await {
         tracing::info!(id = row.id, "cancel requested before the send; not sending");
-        return (Finish::HandBack, None);
+        return (Finish::HandBack, None, None);
     }
 
     // The channel's breaker may have opened since the claim: hand the row
@@ -219,6 +226,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                 delay_us: wait.as_micros().min(i64::MAX as u128) as i64,
             },
             None,
+            None,
         );
     }
 
@@ -233,18 +241,23 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         attempt: row.attempts,
         idempotency_key: &key,
     };
+    let started_at = Utc::now();
     let started = Instant::now();
     // The transport enforces the send timeout itself; this outer bound only
     // guards against a transport that does not.
     let outer = send_timeout + Duration::from_secs(1);
-    let outcome = tokio::select! {
-        o = tokio::time::timeout(outer, transport.send(&delivery)) => o.unwrap_or_else(|_| SendOutcome::timeout(format!("timeout after {outer:?}"))),
+    let report = tokio::select! {
+        o = tokio::time::timeout(outer, transport.attempt(&delivery)) => o.unwrap_or_else(|_| {
+            AttemptReport::new(SendOutcome::timeout(format!("timeout after {outer:?}")), outer)
+        }),
         _ = shared.abort.cancelled() => {
             tracing::warn!(id = row.id, "send cut off by shutdown; handing back");
-            return (Finish::HandBack, None);
+            return (Finish::HandBack, None, None);
         }
     };
     let took = started.elapsed();
+    let (outcome, attempt) = split(row.attempts, started_at, report);
+    let attempt = Some(attempt);
     if let Some(pass) = &pass {
         pass.observe(took);
     }
@@ -275,7 +288,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                 .max(0) as f64
                 / 1e6;
             tracing::debug!(id = row.id, attempt = row.attempts, "sent");
-            (Finish::Sent, Some(lag))
+            (Finish::Sent, Some(lag), attempt)
         }
         SendOutcome::Transient {
             reason,
@@ -288,6 +301,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                 return (
                     failed(format!("gave up after {} attempts: {reason}", row.attempts)),
                     None,
+                    attempt,
                 );
             };
             tracing::info!(
@@ -303,15 +317,39 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
                     error: reason,
                 },
                 None,
+                attempt,
             )
         }
         SendOutcome::Permanent { reason } => {
             tracing::info!(id = row.id, reason = %reason, "permanent failure");
-            (failed(reason), None)
+            (failed(reason), None, attempt)
         }
     }
 }
 
 fn failed(error: String) -> Finish {
     Finish::Failed { error }
+}
+
+/// A transport's report as the outcome to act on and the attempt to record.
+fn split(attempt: u32, started_at: DateTime<Utc>, r: AttemptReport) -> (SendOutcome, Attempt) {
+    let a = Attempt {
+        attempt,
+        started_at,
+        duration_ms: u32::try_from(r.duration.as_millis()).unwrap_or(u32::MAX),
+        http_status: r.http_status,
+        response_body: r.response_body,
+    };
+    (r.outcome, a)
+}
+
+/// An attempt decided without a send (the reason is the finish's error).
+fn no_send(attempt: u32) -> Attempt {
+    Attempt {
+        attempt,
+        started_at: Utc::now(),
+        duration_ms: 0,
+        http_status: None,
+        response_body: None,
+    }
 }

@@ -32,6 +32,8 @@ pub struct Hit {
 
 /// How to answer the `n`-th request (0-based) for a notification id.
 pub type Script = dyn Fn(u64, usize) -> (u16, Option<u64>) + Send + Sync;
+/// The response body for a status.
+pub type Body = dyn Fn(u16) -> String + Send + Sync;
 
 struct Inner {
     in_progress: std::sync::atomic::AtomicUsize,
@@ -42,6 +44,8 @@ struct Inner {
     /// While set, requests are accepted and not answered (a dead receiver
     /// behind a live load balancer); the client's timeout ends them.
     hold: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The response body for a status.
+    body: Box<Body>,
 }
 
 pub struct Receiver {
@@ -61,18 +65,38 @@ impl Receiver {
         latency: Duration,
         script: impl Fn(u64, usize) -> (u16, Option<u64>) + Send + Sync + 'static,
     ) -> Receiver {
-        Self::build(latency, Box::new(script), None).await
+        Self::serve(None, latency, script, |_| "ok".to_owned()).await
+    }
+
+    /// [`Receiver::scripted`] on a given address (none: a free port), with
+    /// the response body per status.
+    pub async fn serve(
+        addr: Option<SocketAddr>,
+        latency: Duration,
+        script: impl Fn(u64, usize) -> (u16, Option<u64>) + Send + Sync + 'static,
+        body: impl Fn(u16) -> String + Send + Sync + 'static,
+    ) -> Receiver {
+        Self::build(addr, latency, Box::new(script), Box::new(body), None).await
     }
 
     /// Answers 200 at once, except while `down` is set: then it accepts
     /// each request and never answers it.
     pub async fn hanging_while(down: Arc<std::sync::atomic::AtomicBool>) -> Receiver {
-        Self::build(Duration::ZERO, Box::new(|_, _| (200, None)), Some(down)).await
+        Self::build(
+            None,
+            Duration::ZERO,
+            Box::new(|_, _| (200, None)),
+            Box::new(|_| "ok".to_owned()),
+            Some(down),
+        )
+        .await
     }
 
     async fn build(
+        addr: Option<SocketAddr>,
         latency: Duration,
         script: Box<Script>,
+        body: Box<Body>,
         hold: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> Receiver {
         let inner = Arc::new(Inner {
@@ -82,11 +106,13 @@ impl Receiver {
             latency,
             script,
             hold,
+            body,
         });
         let app = Router::new()
             .route("/hook", post(handle))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -178,7 +204,7 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         end: Instant::now(),
         status,
     });
-    let mut resp = (StatusCode::from_u16(status).unwrap(), "ok").into_response();
+    let mut resp = (StatusCode::from_u16(status).unwrap(), (inner.body)(status)).into_response();
     if let Some(s) = retry_after {
         resp.headers_mut()
             .insert("retry-after", s.to_string().parse().unwrap());
