@@ -8,13 +8,18 @@
 //! rows at once, then one per interval, whatever the number of instances.
 //!
 //! Rows over the limit are not claimed; the caller moves their `due_at` to
-//! the time they could go, so they leave the head of the queue instead of
-//! being read again by every poll. Those times come from a second value per
-//! channel, the `tail` of slots already handed out: each instance's
-//! deferred rows get the next free slots, one interval apart, so the rows
-//! that come due again arrive at about the rate they can go, whichever
-//! instance deferred them. (A slot is a hint, not a reservation: when the
-//! row comes due it goes through GCRA like any other.)
+//! the time they could go (the next free token, then one interval apart),
+//! so they leave the head of the queue instead of being read again by every
+//! poll. A slot is a hint, not a reservation: when the row comes due it
+//! goes through GCRA like any other.
+//!
+//! Why not hand out slots after a fleet-wide tail of slots already given
+//! (an earlier version did): a row that came due at its slot and lost the
+//! token to another instance's row went to the end of that tail, seconds
+//! away, while the slots it skipped went unused; with three workers the
+//! channel stalled for whole seconds (0 deliveries) and ran ~25 % under its
+//! limit. Slots counted from the next free token keep rows due at every
+//! moment, at the cost of re-deferring the ones that lose the race.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -105,18 +110,16 @@ for i = 1, asks do
   local start = 0
   if T > 0 and allowed > 0 then
     local tau = T * (burst - 1)
-    local st = redis.call('HMGET', rkey, 'tat', 'tail')
-    local tat = math.max(tonumber(st[1]) or now, now)
+    local tat = math.max(tonumber(redis.call('HGET', rkey, 'tat') or now), now)
     granted = 0
     if tat - now <= tau then
       granted = math.min(allowed, math.floor((now + tau - tat) / T) + 1)
     end
     tat = tat + granted * T
     deferred = allowed - granted
-    start = math.max(tonumber(st[2]) or 0, tat - tau, now)
-    local tail = start + deferred * T
-    redis.call('HSET', rkey, 'tat', string.format('%.0f', tat), 'tail', string.format('%.0f', tail))
-    redis.call('PEXPIRE', rkey, math.ceil((math.max(tat, tail) - now) / 1000) + 60000)
+    start = math.max(tat - tau, now)
+    redis.call('HSET', rkey, 'tat', string.format('%.0f', tat))
+    redis.call('PEXPIRE', rkey, math.ceil((tat - now) / 1000) + 60000)
     start = start - now
     if probe == 1 and granted == 0 then
       redis.call('DEL', pkey)

@@ -100,7 +100,18 @@ async fn a_receiver_down_for_60s_then_up_loses_nothing_and_the_history_says_why(
             WorkerProc::spawn(
                 &db,
                 &prefix,
-                &worker_env(&url, w, &[("HERALD_RETRY_SCHEDULE", OUTAGE_SCHEDULE)]),
+                &worker_env(
+                    &url,
+                    w,
+                    &[
+                        ("HERALD_RETRY_SCHEDULE", OUTAGE_SCHEDULE),
+                        // The schedule alone rides out this outage, every
+                        // attempt recorded. The breaker (on by default)
+                        // would hold the rows without attempts instead;
+                        // tests/it/limits.rs covers that path.
+                        ("HERALD_BREAKER_FAILURES", "0"),
+                    ],
+                ),
             )
         })
         .collect();

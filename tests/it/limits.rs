@@ -267,7 +267,16 @@ async fn three_workers_hold_a_channel_to_200_per_second_and_the_channel_beside_i
             ends.iter().filter(|e| **e >= from && **e < to).count() as f64 / 10.0
         })
         .collect();
+    eprintln!("limited channel per second: {per_s:?}; 10 s windows: {rates:?}");
     let best = rates.iter().copied().fold(0.0, f64::max);
+    // Never over the limit in any window; and no stall either: rows held
+    // back are deferred to when they may go, so every window stays near
+    // the rate (a looser floor than the best window's, for a loaded CI).
+    assert!(
+        rates.iter().all(|r| (150.0..=220.0).contains(r)),
+        "limited channel at {rates:?}/s over 10 s windows; per second: {per_s:?}\n{}",
+        logs()
+    );
     assert!(
         (180.0..=220.0).contains(&best),
         "limited channel at {rates:?}/s over 10 s windows (want 200 ± 10 %); per second: {per_s:?}\n{}",
