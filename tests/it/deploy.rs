@@ -831,7 +831,9 @@ async fn example_once_per_window_elects_one_instance_per_window() {
     )
     .await
     .unwrap();
-    assert_eq!(windows.len(), 4, "{windows:?}");
+    // Exactly one winner in every window; a task that falls behind on a
+    // loaded machine may reach one more window than the others.
+    assert!((4..=5).contains(&windows.len()), "{windows:?}");
     assert!(windows.values().all(|w| w.len() == 1), "{windows:?}");
 }
 
