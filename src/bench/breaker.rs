@@ -102,7 +102,10 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
         dupes: 0,
         lost: pairs.iter().map(|(a, b)| a.lost + b.lost).sum(),
         peak_rss_mib: round(
-            pairs.iter().map(|(a, b)| a.peak.max(b.peak)).fold(0.0, f64::max),
+            pairs
+                .iter()
+                .map(|(a, b)| a.peak.max(b.peak))
+                .fold(0.0, f64::max),
             1,
         ),
         ideal_ratio: None,
@@ -121,7 +124,10 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
         ("rows_read_per_row", "Innodb_rows_read"),
         ("rows_updated_per_row", "Innodb_rows_updated"),
     ] {
-        report.set(&format!("alone_{key}"), round(med(&|p| p.0.per_row(name)), 3));
+        report.set(
+            &format!("alone_{key}"),
+            round(med(&|p| p.0.per_row(name)), 3),
+        );
         report.set(key, round(med(&|p| p.1.per_row(name)), 3));
     }
     report.set(
@@ -148,8 +154,14 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
     report.set("each_pair", each);
     report.set("dead_rows", params.m / 4);
     report.set("dead_attempts_total", last.dead_attempts.0);
-    report.set("dead_attempts_max", pairs.iter().map(|p| p.1.dead_attempts.1).max().unwrap_or(0));
-    report.set("dead_failed", pairs.iter().map(|p| p.1.dead_failed).sum::<i64>());
+    report.set(
+        "dead_attempts_max",
+        pairs.iter().map(|p| p.1.dead_attempts.1).max().unwrap_or(0),
+    );
+    report.set(
+        "dead_failed",
+        pairs.iter().map(|p| p.1.dead_failed).sum::<i64>(),
+    );
     report.set("send_timeout_ms", SEND_TIMEOUT_MS);
     Ok(report)
 }

@@ -173,6 +173,13 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
         },
         _ = shared.stop.cancelled() => return (Finish::HandBack, None),
     };
+    // A channel that has not answered yet (or failed since) may hold at
+    // most half of the send slots, so a dead receiver's rows cannot take
+    // them all for a send timeout before its breaker opens.
+    let _slot = tokio::select! {
+        s = shared.shares.enter(&row.channel, || shared.room.notify_waiters()) => s,
+        _ = shared.stop.cancelled() => return (Finish::HandBack, None),
+    };
     let _permit = tokio::select! {
         p = shared.send_permits.acquire() => match p {
             Ok(p) => p,
@@ -263,6 +270,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> (Finish, Opt
     };
     shared.send_ewma_us.store(next, Ordering::Relaxed);
     let answered = !matches!(outcome, SendOutcome::Transient { .. });
+    shared.shares.outcome(&row.channel, answered);
     shared
         .admission
         .outcome(cfg, &row.channel, row.id, answered);

@@ -9,6 +9,7 @@ mod deploy;
 mod faults;
 mod foundation;
 mod gate;
+mod gate_edges;
 mod helpers;
 mod limits;
 mod lock;
