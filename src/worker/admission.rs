@@ -185,7 +185,11 @@ impl Gatekeeper {
         shared: &Shared,
         window: &[Candidate],
     ) -> anyhow::Result<Option<Screen>> {
-        let any_full = shared.shares.any_full();
+        // In user scope a user's rows go together, in due order: setting
+        // some aside would let later ones overtake them (the senders'
+        // share still holds the channel to half the slots).
+        let any_full =
+            shared.cfg.lock_scope == crate::config::LockScope::Item && shared.shares.any_full();
         if !(self.needs_screen() || any_full) || window.is_empty() {
             return Ok(None);
         }

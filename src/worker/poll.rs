@@ -150,7 +150,7 @@ async fn poll_once(
     // While a channel that has not answered is at its share of the send
     // slots, its rows at the head of the queue are set aside, not claimed:
     // read a whole batch's worth, so one round gets past many of them.
-    let read = match shared.shares.any_full() {
+    let read = match shared.cfg.lock_scope == LockScope::Item && shared.shares.any_full() {
         true => want.max(shared.cfg.batch_size),
         false => want,
     };
