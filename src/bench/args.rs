@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// Give up (exit 1) when a run has not finished after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// breaker: alternating alone / beside-a-dead-channel pairs (default 3);
+    /// the JSON line gives each pair and the medians.
+    #[arg(long)]
+    pub pairs: Option<u32>,
     /// Keep the benchmark databases (their names are printed on stderr).
     #[arg(long)]
     pub keep: bool,

@@ -1,7 +1,11 @@
 //! `herald bench breaker`: a healthy channel's throughput while another
 //! channel's receiver is dead, against the same channel alone.
 //!
-//! Two runs on fresh databases, the same W workers and settings:
+//! `--pairs` (default 3) alternating pairs of runs on fresh databases, the
+//! same W workers and settings; the report gives each pair and the
+//! medians, and counters beside the clocks (statements and rows per `b`
+//! row from `SHOW GLOBAL STATUS`, the workers' CPU time), which the shared
+//! machine's noise moves far less than rates:
 //!
 //! * alone: M rows on channel `b` (webhook to an in-process receiver that
 //!   answers after L ms);
@@ -21,6 +25,7 @@
 //! for every scenario), so the slots `a` holds before its breaker opens
 //! are held for a second, not ten.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -38,22 +43,57 @@ use crate::store::Store;
 /// Send timeout the workers get in both runs.
 const SEND_TIMEOUT_MS: u64 = 1_000;
 
-/// Both runs and their ratio.
+/// The database server's statement and row counters this bench reads
+/// before and after each timed drain (`SHOW GLOBAL STATUS`): server-wide,
+/// so they describe the run only on a server nothing else uses.
+const SERVER_COUNTERS: [&str; 5] = [
+    "Questions",
+    "Com_select",
+    "Com_update",
+    "Handler_read_key",
+    "Handler_update",
+];
+
+/// `--pairs` alternating pairs (alone, then beside the dead channel), each
+/// on fresh databases; the report gives every pair and the medians.
 pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Result<Report> {
-    let alone = once(settings, params, w, false).await?;
-    let beside = once(settings, params, w, true).await?;
-    let ratio = beside.rate / alone.rate;
-    let steady = beside.steady / alone.steady;
+    let mut pairs: Vec<(Run, Run)> = Vec::new();
+    for i in 0..params.pairs {
+        let alone = once(settings, params, w, false).await?;
+        let beside = once(settings, params, w, true).await?;
+        eprintln!(
+            "bench breaker W={w} pair {}/{}: b alone {:.0}/s, beside a dead channel {:.0}/s: {:.1} % \
+             (steady state: {:.0}/s vs {:.0}/s, {:.1} %); statements per b row {:.2} vs {:.2}, \
+             worker CPU per 1,000 b rows {:.0} ms vs {:.0} ms",
+            i + 1,
+            params.pairs,
+            alone.rate,
+            beside.rate,
+            beside.rate / alone.rate * 100.0,
+            alone.steady,
+            beside.steady,
+            beside.steady / alone.steady * 100.0,
+            alone.per_row("Questions"),
+            beside.per_row("Questions"),
+            alone.cpu_ms_per_1k,
+            beside.cpu_ms_per_1k,
+        );
+        pairs.push((alone, beside));
+    }
+    let med = |f: &dyn Fn(&(Run, Run)) -> f64| median(pairs.iter().map(f).collect());
+    let ratio = med(&|(a, b)| b.rate / a.rate);
+    let steady_ratio = med(&|(a, b)| b.steady / a.steady);
+    let (alone_rate, beside_rate) = (med(&|p| p.0.rate), med(&|p| p.1.rate));
+    let (alone_steady, beside_steady) = (med(&|p| p.0.steady), med(&|p| p.1.steady));
     eprintln!(
-        "bench breaker W={w}: b alone {:.0}/s, beside a dead channel {:.0}/s: {:.1} % \
-         (middle half of the drain: {:.0}/s vs {:.0}/s, {:.1} %)",
-        alone.rate,
-        beside.rate,
+        "bench breaker W={w}, medians of {} pairs: b alone {alone_rate:.0}/s, beside a dead channel \
+         {beside_rate:.0}/s (ratio {:.1} %); steady state {alone_steady:.0}/s vs {beside_steady:.0}/s \
+         (ratio {:.1} %)",
+        pairs.len(),
         ratio * 100.0,
-        alone.steady,
-        beside.steady,
-        steady * 100.0
+        steady_ratio * 100.0
     );
+    let last = &pairs[pairs.len() - 1].1;
     let mut report = Report {
         system: "herald",
         scenario: "breaker",
@@ -61,26 +101,82 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
         w,
         c: params.c,
         l_ms: params.l_ms,
-        wall_s: round(beside.wall.as_secs_f64(), 3),
-        jobs_per_s: round(beside.rate, 1),
+        wall_s: round(med(&|p| p.1.wall.as_secs_f64()), 3),
+        jobs_per_s: round(beside_rate, 1),
         dupes: 0,
-        lost: alone.lost + beside.lost,
-        peak_rss_mib: round(alone.peak.max(beside.peak), 1),
+        lost: pairs.iter().map(|(a, b)| a.lost + b.lost).sum(),
+        peak_rss_mib: round(
+            pairs
+                .iter()
+                .map(|(a, b)| a.peak.max(b.peak))
+                .fold(0.0, f64::max),
+            1,
+        ),
         ideal_ratio: None,
         extra: Default::default(),
     };
-    report.set("alone_jobs_per_s", round(alone.rate, 1));
-    report.set("alone_wall_s", round(alone.wall.as_secs_f64(), 3));
+    report.set("pairs", pairs.len());
+    report.set("alone_jobs_per_s", round(alone_rate, 1));
     report.set("ratio", round(ratio, 3));
-    report.set("steady_jobs_per_s", round(beside.steady, 1));
-    report.set("alone_steady_jobs_per_s", round(alone.steady, 1));
-    report.set("steady_ratio", round(steady, 3));
+    report.set("steady_jobs_per_s", round(beside_steady, 1));
+    report.set("alone_steady_jobs_per_s", round(alone_steady, 1));
+    report.set("steady_ratio", round(steady_ratio, 3));
+    for (key, name) in [
+        ("statements_per_row", "Questions"),
+        ("selects_per_row", "Com_select"),
+        ("updates_per_row", "Com_update"),
+        ("rows_read_per_row", "Handler_read_key"),
+        ("rows_updated_per_row", "Handler_update"),
+    ] {
+        report.set(
+            &format!("alone_{key}"),
+            round(med(&|p| p.0.per_row(name)), 3),
+        );
+        report.set(key, round(med(&|p| p.1.per_row(name)), 3));
+    }
+    report.set(
+        "alone_worker_cpu_ms_per_1k_rows",
+        round(med(&|p| p.0.cpu_ms_per_1k), 1),
+    );
+    report.set(
+        "worker_cpu_ms_per_1k_rows",
+        round(med(&|p| p.1.cpu_ms_per_1k), 1),
+    );
+    let each: Vec<serde_json::Value> = pairs
+        .iter()
+        .map(|(a, b)| {
+            serde_json::json!({
+                "alone_jobs_per_s": round(a.rate, 1),
+                "jobs_per_s": round(b.rate, 1),
+                "alone_steady_jobs_per_s": round(a.steady, 1),
+                "steady_jobs_per_s": round(b.steady, 1),
+                "ratio": round(b.rate / a.rate, 3),
+                "steady_ratio": round(b.steady / a.steady, 3),
+            })
+        })
+        .collect();
+    report.set("each_pair", each);
     report.set("dead_rows", params.m / 4);
-    report.set("dead_attempts_total", beside.dead_attempts.0);
-    report.set("dead_attempts_max", beside.dead_attempts.1);
-    report.set("dead_failed", beside.dead_failed);
+    report.set("dead_attempts_total", last.dead_attempts.0);
+    report.set(
+        "dead_attempts_max",
+        pairs.iter().map(|p| p.1.dead_attempts.1).max().unwrap_or(0),
+    );
+    report.set(
+        "dead_failed",
+        pairs.iter().map(|p| p.1.dead_failed).sum::<i64>(),
+    );
     report.set("send_timeout_ms", SEND_TIMEOUT_MS);
     Ok(report)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 struct Run {
@@ -93,6 +189,34 @@ struct Run {
     peak: f64,
     dead_attempts: (i64, i64),
     dead_failed: i64,
+    m: u64,
+    /// Growth of [`SERVER_COUNTERS`] over the timed drain.
+    server: HashMap<String, f64>,
+    cpu_ms_per_1k: f64,
+}
+
+impl Run {
+    /// A server counter's growth per `b` row.
+    fn per_row(&self, name: &str) -> f64 {
+        self.server.get(name).copied().unwrap_or(0.0) / self.m as f64
+    }
+}
+
+async fn server_counters(store: &Store) -> anyhow::Result<HashMap<String, f64>> {
+    let list = SERVER_COUNTERS
+        .iter()
+        .map(|c| format!("'{c}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ({list})"
+    ))
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(k, v)| (k, v.parse().unwrap_or(0.0)))
+        .collect())
 }
 
 async fn once(settings: &Settings, params: &Params, w: usize, dead: bool) -> anyhow::Result<Run> {
@@ -129,6 +253,7 @@ async fn once(settings: &Settings, params: &Params, w: usize, dead: bool) -> any
         ],
         ..FleetEnv::default()
     };
+    let before = server_counters(&db.store).await?;
     let t0 = Instant::now();
     let mut fleet = Fleet::start(settings, w, &env)?;
     let mut last_report = Instant::now();
@@ -160,6 +285,12 @@ async fn once(settings: &Settings, params: &Params, w: usize, dead: bool) -> any
         }
     }
     let wall = t0.elapsed();
+    let cpu = fleet.cpu_seconds();
+    let after = server_counters(&db.store).await?;
+    let server = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect();
     let steady = match (q1, q3) {
         (Some((t1, d1)), Some((t3, d3))) if t3 > t1 => (d3 - d1) as f64 / (t3 - t1).as_secs_f64(),
         _ => params.m as f64 / wall.as_secs_f64(),
@@ -178,6 +309,9 @@ async fn once(settings: &Settings, params: &Params, w: usize, dead: bool) -> any
         peak,
         dead_attempts,
         dead_failed,
+        m: params.m,
+        server,
+        cpu_ms_per_1k: cpu * 1000.0 / (params.m as f64 / 1000.0),
     })
 }
 

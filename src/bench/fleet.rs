@@ -108,6 +108,29 @@ impl Fleet {
             / 1024.0
     }
 
+    /// CPU time (user + system) the workers have used so far, in seconds: a
+    /// counter the shared machine's noise does not move the way it moves
+    /// wall-clock rates.
+    pub fn cpu_seconds(&self) -> f64 {
+        // Linux reports utime and stime (fields 14 and 15) in clock ticks,
+        // 100 per second on every platform Herald runs on.
+        const TICKS: f64 = 100.0;
+        self.children
+            .iter()
+            .filter_map(|c| c.id())
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter_map(|stat| {
+                // The command name (field 2) may hold spaces: count fields
+                // after its closing parenthesis.
+                let rest = stat.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let utime: f64 = f.get(11)?.parse().ok()?;
+                let stime: f64 = f.get(12)?.parse().ok()?;
+                Some((utime + stime) / TICKS)
+            })
+            .sum()
+    }
+
     /// SIGTERM to every worker, then waits up to `grace` for them to drain
     /// and exit; stragglers are killed.
     pub async fn stop(mut self, grace: Duration) -> anyhow::Result<()> {

@@ -67,6 +67,8 @@ pub struct Params {
     pub old_rows: u64,
     pub cleanup_max_backlog: u64,
     pub timeout: Duration,
+    /// breaker: alone / beside pairs, run alternately.
+    pub pairs: u32,
     pub keep: bool,
     /// `--json`: one JSON line per run instead of a summary.
     pub json: bool,
@@ -142,6 +144,17 @@ impl Params {
             old_rows: args.old_rows,
             cleanup_max_backlog: args.cleanup_max_backlog,
             timeout: Duration::from_secs(args.timeout_s.max(1)),
+            pairs: match args.pairs {
+                None => 3,
+                Some(n @ 1..=100) => n,
+                Some(n) => {
+                    return Err(ConfigError::new(
+                        "herald bench",
+                        "--pairs",
+                        format!("{n} is out of range 1..=100"),
+                    ))
+                }
+            },
             keep: args.keep,
             json: args.json,
         })

@@ -142,7 +142,18 @@ for i = 1, #KEYS - 1 do
     end
   end
 end
-if wrote then redis.call('PEXPIRE', KEYS[1], 86400000) end
+-- A day past the latest open-until: a breaker open for longer than a day
+-- (a library caller's 30-day cool-down) must not be forgotten meanwhile.
+if wrote then
+  local keep = 86400000
+  local all = redis.call('HGETALL', KEYS[1])
+  for j = 1, #all, 2 do
+    if string.sub(all[j], 1, 2) == 'o:' then
+      keep = math.max(keep, math.ceil((tonumber(all[j + 1]) - now) / 1000) + 86400000)
+    end
+  end
+  redis.call('PEXPIRE', KEYS[1], keep)
+end
 return {string.format('%.0f', now), trans, redis.call('HGETALL', KEYS[1])}
 ",
     )

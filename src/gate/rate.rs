@@ -110,7 +110,15 @@ for i = 1, asks do
   local start = 0
   if T > 0 and allowed > 0 then
     local tau = T * (burst - 1)
-    local tat = math.max(tonumber(redis.call('HGET', rkey, 'tat') or now), now)
+    local st = redis.call('HMGET', rkey, 'tat', 'at')
+    -- 'at' is the master's clock at the last call: a clock that went back
+    -- since moves the whole schedule back with it, so the channel does not
+    -- stall for the size of the jump. (A jump forward looks like idle time:
+    -- at most one burst.) After a grant tat is at most now + tau + T;
+    -- beyond that, clamp (another program wrote the key).
+    local back = math.max((tonumber(st[2]) or now) - now, 0)
+    local tat = math.max((tonumber(st[1]) or now) - back, now)
+    tat = math.min(tat, now + tau + T)
     granted = 0
     if tat - now <= tau then
       granted = math.min(allowed, math.floor((now + tau - tat) / T) + 1)
@@ -118,8 +126,8 @@ for i = 1, asks do
     tat = tat + granted * T
     deferred = allowed - granted
     start = math.max(tat - tau, now)
-    redis.call('HSET', rkey, 'tat', string.format('%.0f', tat))
-    redis.call('PEXPIRE', rkey, math.ceil((tat - now) / 1000) + 60000)
+    redis.call('HSET', rkey, 'tat', string.format('%.0f', tat), 'at', string.format('%.0f', now))
+    redis.call('PEXPIRE', rkey, math.min(math.ceil((tat - now) / 1000), 34560000000) + 60000)
     start = start - now
     if probe == 1 and granted == 0 then
       redis.call('DEL', pkey)
@@ -204,12 +212,19 @@ impl Gate {
     }
 }
 
-/// The emission interval of `rate`, in µs.
+/// The longest emission interval: one row a year. A zero (or absurdly
+/// small, 1e-300/s) rate lets nothing through in practice, while every
+/// time the script computes stays far inside what Redis and Lua numbers
+/// hold exactly.
+const MAX_INTERVAL: Duration = Duration::from_secs(365 * 86_400);
+
+/// The emission interval of `rate`, in µs (at least 1: a rate above
+/// 1,000,000/s is as good as unlimited).
 fn interval_us(rate: RateLimit) -> f64 {
+    let max = micros(MAX_INTERVAL) as f64;
     if rate.per_second > 0.0 {
-        1e6 / rate.per_second
+        (1e6 / rate.per_second).clamp(1.0, max)
     } else {
-        // A zero rate lets nothing through: one row a year.
-        micros(Duration::from_secs(365 * 86_400)) as f64
+        max
     }
 }

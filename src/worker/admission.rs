@@ -1,10 +1,11 @@
 //! The worker's side of the delivery gate (`crate::gate`): which rows of a
 //! poll batch may be claimed, and what senders tell the breakers.
 //!
-//! At the poll stage, before claiming: when some channel has a rate limit
-//! or some breaker is not closed, the batch's channels are read (one
-//! primary-key lookup of the picked rows) and rows behind an open breaker
-//! are set aside before locking; once the batch is locked, one
+//! At the poll stage, before claiming: when some channel has a rate limit,
+//! some breaker is not closed or some channel is at its share of the send
+//! slots (`super::share`), the candidates' channels are read (one
+//! primary-key lookup) and rows behind an open breaker or of a channel at
+//! its share are set aside before picking; once the batch is locked, one
 //! [`Gate::admit`] call judges every gated channel among the locked rows,
 //! and every row that may not go now is moved out of the way with one
 //! [`defer`] write (its `due_at` to when it may go; no attempt used). With
@@ -36,6 +37,12 @@ use crate::store::defer::{channels, defer};
 /// How long rows of a gated channel wait when the gate cannot be asked
 /// (no Redis master answers): they are never sent unlimited.
 pub(crate) const UNREACHABLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Longest deferral: a row behind a very slow limit (one a day, or a
+/// backlog that needs years at its rate) comes back after a day and goes
+/// through the gate again, rather than getting a `due_at` past what the
+/// column holds.
+const MAX_DEFER: Duration = Duration::from_secs(86_400);
 
 /// A probe row this worker is sending.
 #[derive(Debug, Clone)]
@@ -167,36 +174,51 @@ impl Gatekeeper {
         }
     }
 
-    /// Before locking: the channel of each picked row (only when some
-    /// channel is gated), and the rows whose breaker is open (held back
-    /// without asking Redis). `None`: nothing is gated, the round goes on
-    /// as if there were no gate.
+    /// Before picking: the channel of each candidate (only when some
+    /// channel is gated or a channel is at its share of the send slots),
+    /// the rows whose breaker is open (held back without asking Redis),
+    /// and the rows of channels at their share (left alone for a moment).
+    /// `None`: nothing is gated, the round goes on as if there were no
+    /// gate.
     pub(crate) async fn prepare(
         &self,
         shared: &Shared,
-        picked: &[(Candidate, String)],
+        window: &[Candidate],
     ) -> anyhow::Result<Option<Screen>> {
-        if !self.needs_screen() || picked.is_empty() {
+        // In user scope a user's rows go together, in due order: setting
+        // some aside would let later ones overtake them (the senders'
+        // share still holds the channel to half the slots).
+        let any_full =
+            shared.cfg.lock_scope == crate::config::LockScope::Item && shared.shares.any_full();
+        if !(self.needs_screen() || any_full) || window.is_empty() {
             return Ok(None);
         }
         let cfg = &shared.cfg;
-        let ids: Vec<u64> = picked.iter().map(|(c, _)| c.id).collect();
+        let ids: Vec<u64> = window.iter().map(|c| c.id).collect();
         let channel_of = channels(shared.deps.store.pool(), &ids).await?;
         let now = Instant::now();
         let mut held = Vec::new();
-        for (c, _) in picked {
+        let mut full = Vec::new();
+        for c in window {
             let Some(channel) = channel_of.get(&c.id) else {
                 continue;
             };
-            if breaker_of(cfg, channel).is_none() {
-                continue;
+            if breaker_of(cfg, channel).is_some() {
+                if let Local::OpenUntil(t) = self.board.state(channel) {
+                    let wait = spread(t.saturating_duration_since(now));
+                    held.push((c.id, wait.min(MAX_DEFER), channel.clone(), "breaker"));
+                    continue;
+                }
             }
-            if let Local::OpenUntil(t) = self.board.state(channel) {
-                let wait = spread(t.saturating_duration_since(now));
-                held.push((c.id, wait, channel.clone(), "breaker"));
+            if any_full && shared.shares.full(channel) {
+                full.push(c.id);
             }
         }
-        Ok(Some(Screen { channel_of, held }))
+        Ok(Some(Screen {
+            channel_of,
+            held,
+            full,
+        }))
     }
 
     /// After locking, for the rows whose keys were granted (oldest first):
@@ -218,6 +240,7 @@ impl Gatekeeper {
         let Screen {
             channel_of,
             mut held,
+            ..
         } = screen;
         // Rows per gated channel, oldest first, and whether its breaker is
         // half-open (then one row may probe).
@@ -303,10 +326,10 @@ impl Gatekeeper {
                             let channel = a.channel.to_owned();
                             if j < granted + rated {
                                 let k = (j - granted) as u32;
-                                let at = v.rate_start + v.spacing * k;
-                                held.push((*id, at, channel, "rate_limit"));
+                                let at = v.rate_start.saturating_add(v.spacing.saturating_mul(k));
+                                held.push((*id, at.min(MAX_DEFER), channel, "rate_limit"));
                             } else {
-                                held.push((*id, spread(wait), channel, "breaker"));
+                                held.push((*id, spread(wait).min(MAX_DEFER), channel, "breaker"));
                             }
                         }
                     }
@@ -377,12 +400,21 @@ type Held = (u64, Duration, String, &'static str);
 pub(crate) struct Screen {
     channel_of: HashMap<u64, String>,
     held: Vec<Held>,
+    /// Rows of channels at their share of the send slots: not claimed,
+    /// not deferred (the channel may answer any moment), left out of this
+    /// worker's polls for a moment.
+    pub(crate) full: Vec<u64>,
 }
 
 impl Screen {
-    /// Rows set aside before locking (their breaker is open).
+    /// Rows set aside before locking (their breaker is open, or their
+    /// channel is at its share).
     pub(crate) fn set_aside(&self) -> HashSet<u64> {
-        self.held.iter().map(|h| h.0).collect()
+        self.held
+            .iter()
+            .map(|h| h.0)
+            .chain(self.full.iter().copied())
+            .collect()
     }
 }
 

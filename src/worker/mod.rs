@@ -33,6 +33,9 @@
 //!   that may not go now are deferred before locking) and in senders;
 //!   `board` — this worker's copy of the fleet's breakers, kept current by
 //!   batched reports (see [`crate::gate`]).
+//! * `share` — at most half the send slots for a channel that has not
+//!   answered (a dead receiver's first rows cannot take every slot for a
+//!   whole send timeout before its breaker opens).
 //! * [`backoff`] — idle poll back-off (retry delays: [`crate::policy`]).
 //! * `spread` — which slice of the candidates each round reads.
 //! * this file — [`Worker`], its [`WorkerHandle`] and the state the tasks
@@ -54,6 +57,7 @@ pub mod finish;
 pub(crate) mod job;
 pub mod poll;
 pub mod send;
+pub(crate) mod share;
 pub(crate) mod spread;
 
 use std::collections::{HashMap, HashSet};
@@ -113,6 +117,8 @@ pub(crate) struct Shared {
     pub send_permits: Semaphore,
     /// Per-channel caps, taken before a send permit.
     pub gates: caps::Gates,
+    /// Half the send slots at most for channels that have not answered.
+    pub shares: Arc<share::Shares>,
     /// KiB of large payloads being sent at once (see [`PAYLOAD_BUDGET_KIB`]).
     pub payload_budget: Semaphore,
     /// Rows claimed and not yet finished.
@@ -221,11 +227,11 @@ impl Shared {
     }
 
     /// Claimed rows that take up room: those parked at a channel's gate
-    /// do not (see [`caps`]).
+    /// or share do not (see [`caps`], [`share`]).
     pub(crate) fn occupied(&self) -> usize {
         self.in_flight
             .load(Ordering::Acquire)
-            .saturating_sub(self.gates.parked())
+            .saturating_sub(self.gates.parked() + self.shares.parked())
     }
 
     /// Rows finished: lowers the count and wakes a poller waiting for room.
@@ -319,6 +325,7 @@ impl Worker {
             admission,
             send_permits: Semaphore::new(cfg.concurrency),
             gates: caps::Gates::new(cfg.channel_policies.clone()),
+            shares: share::Shares::new(cfg.concurrency),
             payload_budget: Semaphore::new(PAYLOAD_BUDGET_KIB as usize),
             deps,
             cfg,

@@ -147,24 +147,37 @@ async fn poll_once(
     slice: Option<Slice>,
 ) -> anyhow::Result<Round> {
     let started = Instant::now();
-    let candidates = read_candidates(shared, want, slice).await?;
+    // While a channel that has not answered is at its share of the send
+    // slots, its rows at the head of the queue are set aside, not claimed:
+    // read a whole batch's worth, so one round gets past many of them.
+    let read = match shared.cfg.lock_scope == LockScope::Item && shared.shares.any_full() {
+        true => want.max(shared.cfg.batch_size),
+        false => want,
+    };
+    let mut candidates = read_candidates(shared, read, slice).await?;
     if candidates.is_empty() {
         return Ok(Round::default());
     }
-    let picked = pick_with_keys(&candidates, want, shared.cfg.lock_scope);
-    let screen = shared.admission.prepare(shared, &picked).await?;
-    let picked = match &screen {
-        Some(s) => {
-            let aside = s.set_aside();
-            picked
-                .into_iter()
-                .filter(|(c, _)| !aside.contains(&c.id))
-                .collect()
+    let seen = candidates.len();
+    let screen = shared.admission.prepare(shared, &candidates).await?;
+    let mut aside = 0;
+    if let Some(s) = &screen {
+        let out = s.set_aside();
+        aside = s.full.len();
+        if !s.full.is_empty() {
+            let send_timeout = shared.cfg.send_timeout;
+            shared.note_busy_for(
+                s.full.iter().copied(),
+                send_timeout.min(Duration::from_secs(1)),
+            );
         }
-        None => picked,
-    };
+        if !out.is_empty() {
+            candidates.retain(|c| !out.contains(&c.id));
+        }
+    }
+    let picked = pick_with_keys(&candidates, want, shared.cfg.lock_scope);
     let mut round = Round {
-        candidates: candidates.len(),
+        candidates: seen,
         ..Round::default()
     };
     let lock = if picked.is_empty() {
@@ -184,7 +197,7 @@ async fn poll_once(
             .map(|(c, _)| c)
             .collect();
         let (out, deferred) = shared.admission.admit(shared, screen, &locked).await;
-        round.deferred = deferred;
+        round.deferred = deferred + aside;
         if !out.is_empty() {
             picked.retain(|(c, _)| !out.contains(&c.id));
         }

@@ -180,6 +180,13 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> Decided {
         },
         _ = shared.stop.cancelled() => return (Finish::HandBack, None, None),
     };
+    // A channel that has not answered yet (or failed since) may hold at
+    // most half of the send slots, so a dead receiver's rows cannot take
+    // them all for a send timeout before its breaker opens.
+    let _slot = tokio::select! {
+        s = shared.shares.enter(&row.channel, || shared.room.notify_waiters()) => s,
+        _ = shared.stop.cancelled() => return (Finish::HandBack, None, None),
+    };
     let _permit = tokio::select! {
         p = shared.send_permits.acquire() => match p {
             Ok(p) => p,
@@ -276,6 +283,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> Decided {
     };
     shared.send_ewma_us.store(next, Ordering::Relaxed);
     let answered = !matches!(outcome, SendOutcome::Transient { .. });
+    shared.shares.outcome(&row.channel, answered);
     shared
         .admission
         .outcome(cfg, &row.channel, row.id, answered);

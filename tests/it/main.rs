@@ -13,6 +13,7 @@ mod faults;
 mod firstrun;
 mod foundation;
 mod gate;
+mod gate_edges;
 mod harness;
 mod helpers;
 mod history;
