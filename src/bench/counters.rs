@@ -293,7 +293,7 @@ fn statement_lines(
             },
         ));
     }
-    out.sort_by(|x, y| y.0.cmp(&x.0));
+    out.sort_by_key(|x| std::cmp::Reverse(x.0));
     out.into_iter().map(|(_, l)| l).collect()
 }
 
