@@ -23,6 +23,10 @@ pub enum BenchScenario {
     Breaker,
     /// The database alone: the protocol's statements for M rows on --w connections (1,2), no workers, no Redis.
     Ceiling,
+    /// S1 and a steady phase with the table already holding --finished rows, vs an empty table; and a --backlog drain timed per tenth.
+    Scale,
+    /// --rate per second for --duration (10 min) with cleanup on: lag p99 and worker RSS per --window-s, lost, duplicates.
+    Soak,
 }
 
 impl BenchScenario {
@@ -36,6 +40,8 @@ impl BenchScenario {
             BenchScenario::Cleanup => "cleanup",
             BenchScenario::Ceiling => "ceiling",
             BenchScenario::Breaker => "breaker",
+            BenchScenario::Scale => "scale",
+            BenchScenario::Soak => "soak",
         }
     }
 }
@@ -65,10 +71,10 @@ pub struct BenchArgs {
     /// Distinct users the notifications are spread over.
     #[arg(long, default_value_t = 10_000)]
     pub users: u64,
-    /// lag: notifications enqueued per second (default 1000).
+    /// lag, scale, soak: notifications enqueued per second (default 1000; soak 2000).
     #[arg(long)]
     pub rate: Option<u64>,
-    /// lag: seconds of steady enqueueing (default 30); cleanup: seconds the workers keep
+    /// lag: seconds of steady enqueueing (default 30); scale: of its steady phase (10); cleanup: seconds the workers keep
     /// running after the drain to measure deletion alone (default 5); locks: seconds per phase (default 3).
     #[arg(long)]
     pub seconds: Option<u64>,
@@ -78,6 +84,19 @@ pub struct BenchArgs {
     /// cleanup: HERALD_CLEANUP_MAX_BACKLOG given to the workers.
     #[arg(long, default_value_t = 1_000)]
     pub cleanup_max_backlog: u64,
+    /// scale: finished rows already in the table, comma-separated: one run
+    /// per value, after a run on the empty table.
+    #[arg(long, default_value = "1000000,10000000")]
+    pub finished: String,
+    /// scale: due rows of the backlog drain (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: u64,
+    /// soak: how long to enqueue (e.g. 600, 90s, 10m); default 10 minutes.
+    #[arg(long, value_parser = crate::setting::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// soak: seconds per reported window (lag percentiles, worker RSS).
+    #[arg(long, default_value_t = 60)]
+    pub window_s: u64,
     /// Give up (exit 1) when a run has not finished after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
@@ -88,6 +107,11 @@ pub struct BenchArgs {
     /// Keep the benchmark databases (their names are printed on stderr).
     #[arg(long)]
     pub keep: bool,
+    /// Add `db_per_1000_rows` to each result: the database server's work
+    /// during the timed part (global status deltas, per-statement digests
+    /// with performance_schema on, server CPU when local), per 1,000 rows.
+    #[arg(long)]
+    pub db_counters: bool,
     /// locks: benchmark the masters in HERALD_REDIS_URLS instead of three local
     /// redis-server processes (skips the hung-master phase).
     #[arg(long)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::counters::Snapshot;
 use super::report::{round, Report};
 use super::workload::{self, BenchDb};
 use super::Params;
@@ -72,7 +73,7 @@ pub async fn run(settings: &Settings, params: &Params, streams: usize) -> anyhow
         stores.push(Store::connect(&db.url, 1).await?);
     }
     let batches: Vec<Vec<u64>> = ids.chunks(BATCH).map(<[u64]>::to_vec).collect();
-    let cpu_before = db_server_cpu();
+    let before = Snapshot::take(&db.store, &db.name).await?;
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(streams);
     for (k, store) in stores.into_iter().enumerate() {
@@ -89,11 +90,11 @@ pub async fn run(settings: &Settings, params: &Params, streams: usize) -> anyhow
         phases.add(t.await.context("a replay stream panicked")??);
     }
     let wall = t0.elapsed();
-    let cpu = cpu_before.and_then(|b| Some(db_server_cpu()? - b));
+    let m = ids.len() as u64;
+    let work = before.work_until(&Snapshot::take(&db.store, &db.name).await?, m);
     let not_sent = workload::not_sent(&db.store, 0).await?;
     db.finish().await?;
 
-    let m = ids.len() as u64;
     let per_row_us = |d: Duration| round(d.as_secs_f64() * 1e6 / m.max(1) as f64, 2);
     let mut report = Report {
         system: "herald",
@@ -115,11 +116,11 @@ pub async fn run(settings: &Settings, params: &Params, streams: usize) -> anyhow
     report.set("claim_us_per_row", per_row_us(phases.claim));
     report.set("fetch_us_per_row", per_row_us(phases.fetch));
     report.set("finish_us_per_row", per_row_us(phases.finish));
-    if let Some(cpu) = cpu {
-        report.set(
-            "db_cpu_ms_per_1000_rows",
-            round(cpu.as_secs_f64() * 1e6 / m.max(1) as f64, 1),
-        );
+    if let Some(cpu) = work.cpu_ms {
+        report.set("db_cpu_ms_per_1000_rows", cpu);
+    }
+    if params.db_counters {
+        report.set("db_per_1000_rows", serde_json::to_value(work)?);
     }
     eprintln!(
         "{label}: {m} rows in {:.3} s = {:.0}/s",
@@ -153,24 +154,4 @@ async fn stream(store: &Store, regions: &[String], batches: &[Vec<u64>]) -> anyh
         p.finish += t.elapsed();
     }
     Ok(p)
-}
-
-/// CPU time used so far by a database server on this machine (`mariadbd` or
-/// `mysqld`), or `None` when there is none to see (a remote server).
-fn db_server_cpu() -> Option<Duration> {
-    let tick = 100.0; // USER_HZ on Linux
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if !matches!(comm.trim(), "mariadbd" | "mysqld") {
-            continue;
-        }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields of the whole line.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        return Some(Duration::from_secs_f64(ticks / tick));
-    }
-    None
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::Utc;
 
+use super::counters::{self, Snapshot};
 use super::delivered::{read_lines, tally, LineCounter};
 use super::fleet::{Fleet, FleetEnv};
 use super::receiver::Receiver;
@@ -125,6 +126,14 @@ pub async fn run(
         extra: Vec::new(),
     };
     let mut lines = LineCounter::open(&output)?;
+    let counted = match params.db_counters {
+        true => Some(Snapshot::take(&db.store, &db.name).await?),
+        false => None,
+    };
+    let redis_before = match (params.db_counters, settings.redis_urls.first()) {
+        (true, Some(url)) => counters::redis_cpu(url).await,
+        _ => None,
+    };
     let t0 = Instant::now();
     let mut fleet = Fleet::start(settings, w, &env)?;
     let m = expected.len() as u64;
@@ -143,6 +152,19 @@ pub async fn run(
         },
     )
     .await?;
+    let work = match &counted {
+        Some(before) => Some(before.work_until(&Snapshot::take(&db.store, &db.name).await?, m)),
+        None => None,
+    };
+    // The rest of the machine's work per row, next to the database's.
+    let per_1000 = |d: Duration| round(d.as_secs_f64() * 1e6 / m.max(1) as f64, 1);
+    let workers_cpu = per_1000(fleet.cpu());
+    let redis_cpu = match (redis_before, settings.redis_urls.first()) {
+        (Some(a), Some(url)) => counters::redis_cpu(url)
+            .await
+            .map(|b| per_1000(b.saturating_sub(a))),
+        _ => None,
+    };
     let peak = fleet.peak_rss_mib();
     let (old_left_at_drain, old_left_at_end) = if extras.old_rows > 0 {
         let at_drain = workload::count_up_to(&db.store, old_max).await?;
@@ -187,6 +209,13 @@ pub async fn run(
     if let Some(f) = first {
         report.set("first_delivery_s", round(f.as_secs_f64(), 3));
     }
+    if let Some(work) = work {
+        report.set("db_per_1000_rows", serde_json::to_value(work)?);
+        report.set("workers_cpu_ms_per_1000_rows", workers_cpu);
+        if let Some(r) = redis_cpu {
+            report.set("redis_cpu_ms_per_1000_rows", r);
+        }
+    }
     eprintln!(
         "{label}: {m} in {wall_s:.3} s = {jobs_per_s:.0}/s, dupes {dupes}, lost {lost}, peak RSS {peak:.1} MiB"
     );
@@ -230,13 +259,14 @@ pub async fn wait_finished(
             first = Some(t0.elapsed());
         }
         if d >= m || last_db.elapsed() >= Duration::from_millis(500) {
-            let finished =
-                m.saturating_sub(workload::unfinished_count(store, region, after_id).await?);
+            let done = !workload::any_unfinished(store, region, after_id).await?;
             last_db = Instant::now();
-            if finished >= m {
+            if done {
                 return Ok((t0.elapsed(), first));
             }
             if t0.elapsed() > timeout {
+                let finished =
+                    m.saturating_sub(workload::unfinished_count(store, region, after_id).await?);
                 bail!("{label}: only {finished} of {m} finished after {timeout:?} ({d} delivered)");
             }
         }

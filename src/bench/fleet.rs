@@ -94,6 +94,30 @@ impl Fleet {
 
     /// Largest peak resident set (VmHWM) over the workers, in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
+        self.status_kib("VmHWM:").into_iter().fold(0.0, f64::max) / 1024.0
+    }
+
+    /// Each worker's resident set (VmRSS) now, in MiB.
+    pub fn rss_mib(&self) -> Vec<f64> {
+        self.status_kib("VmRSS:")
+            .into_iter()
+            .map(|k| k / 1024.0)
+            .collect()
+    }
+
+    /// CPU time (user + system) the workers have used so far, summed.
+    pub fn cpu(&self) -> Duration {
+        self.children
+            .iter()
+            .filter_map(|c| c.id())
+            .filter_map(|pid| {
+                super::counters::process_cpu(&std::path::Path::new("/proc").join(pid.to_string()))
+            })
+            .sum()
+    }
+
+    /// One `/proc/<pid>/status` field (in kB) of every live worker.
+    fn status_kib(&self, field: &str) -> Vec<f64> {
         self.children
             .iter()
             .filter_map(|c| c.id())
@@ -101,11 +125,10 @@ impl Fleet {
             .filter_map(|status| {
                 status
                     .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .find_map(|l| l.strip_prefix(field))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             })
-            .fold(0.0, f64::max)
-            / 1024.0
+            .collect()
     }
 
     /// CPU time (user + system) the workers have used so far, in seconds: a

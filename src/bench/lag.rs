@@ -42,34 +42,16 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
     );
 
     let t0 = Instant::now();
-    let mut inserted = 0u64;
-    let mut next_report = Instant::now() + Duration::from_secs(1);
-    while inserted < total {
-        let due = ((t0.elapsed().as_secs_f64() * params.rate as f64) as u64).min(total);
-        if due > inserted {
-            let n = due - inserted;
-            workload::enqueue(
-                &db.store,
-                inserted,
-                n,
-                params.users,
-                "file",
-                region,
-                Utc::now(),
-            )
-            .await?;
-            inserted = due;
-        }
-        if Instant::now() >= next_report {
-            fleet.check_alive()?;
-            eprintln!(
-                "{label}: enqueued {inserted}/{total}, {:.1} s",
-                t0.elapsed().as_secs_f64()
-            );
-            next_report += Duration::from_secs(1);
-        }
-        tokio::time::sleep(TICK).await;
-    }
+    let steady = Steady {
+        region,
+        users: params.users,
+        rate: params.rate,
+        seconds: params.seconds,
+        first: 0,
+    };
+    steady
+        .enqueue(&db.store, &mut fleet, &label, |_| {})
+        .await?;
     let mut lines = super::delivered::LineCounter::open(&output)?;
     let (wall, _) = wait_finished(
         &db.store,
@@ -120,4 +102,62 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
     report.set("p99_ms", round(p99, 1));
     report.set("max_ms", round(max, 1));
     Ok(report)
+}
+
+/// Rows enqueued at a steady rate, each due when it is inserted.
+#[derive(Debug, Clone, Copy)]
+pub struct Steady<'a> {
+    pub region: &'a str,
+    pub users: u64,
+    pub rate: u64,
+    pub seconds: u64,
+    /// Number of the first row (its payload and user).
+    pub first: u64,
+}
+
+impl Steady<'_> {
+    /// Enqueues `rate` rows per second for `seconds`: every tick, the rows
+    /// due by then in one statement. Checks the workers and prints progress
+    /// once a second, calling `each_second` with the fleet then. Returns how
+    /// many rows it inserted.
+    pub async fn enqueue(
+        &self,
+        store: &crate::store::Store,
+        fleet: &mut Fleet,
+        label: &str,
+        mut each_second: impl FnMut(&Fleet),
+    ) -> anyhow::Result<u64> {
+        let total = self.rate * self.seconds;
+        let t0 = Instant::now();
+        let mut inserted = 0u64;
+        let mut next_report = Instant::now() + Duration::from_secs(1);
+        while inserted < total {
+            let due = ((t0.elapsed().as_secs_f64() * self.rate as f64) as u64).min(total);
+            if due > inserted {
+                let n = due - inserted;
+                workload::enqueue(
+                    store,
+                    self.first + inserted,
+                    n,
+                    self.users,
+                    "file",
+                    self.region,
+                    Utc::now(),
+                )
+                .await?;
+                inserted = due;
+            }
+            if Instant::now() >= next_report {
+                fleet.check_alive()?;
+                each_second(fleet);
+                eprintln!(
+                    "{label}: enqueued {inserted}/{total}, {:.1} s",
+                    t0.elapsed().as_secs_f64()
+                );
+                next_report += Duration::from_secs(1);
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        Ok(inserted)
+    }
 }

@@ -100,3 +100,142 @@ fn bench_without_json_prints_a_summary_per_run() {
     assert!(lines[0].contains("dupes 0, lost 0"), "{stdout}");
     assert!(serde_json::from_str::<serde_json::Value>(lines[0]).is_err());
 }
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `bench scale` in short mode: an empty-table run, a run on a table
+/// already holding finished rows (compared with the empty one), and a
+/// backlog drain timed per tenth; every row sent exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_scale_short_reports_each_table_size_and_the_backlog_tenths() {
+    require_redis().await;
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .args([
+            "bench",
+            "scale",
+            "--json",
+            "--db-counters",
+            "--finished",
+            "20000",
+            "--m",
+            "2000",
+            "--backlog",
+            "4000",
+            "--rate",
+            "300",
+            "--seconds",
+            "2",
+            "--c",
+            "16",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running herald bench scale");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for v in &lines {
+        assert_eq!(v["scenario"], "scale", "{v}");
+        assert_eq!(v["W"], 2);
+        assert_eq!(v["dupes"], 0, "{v}");
+        assert_eq!(v["lost"], 0, "{v}");
+        assert!(v["jobs_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(
+            v["db_per_1000_rows"]["status"]["Handler_read_key"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    }
+    let (empty, full, backlog) = (&lines[0], &lines[1], &lines[2]);
+    assert_eq!(empty["phase"], "finished");
+    assert_eq!(empty["finished_rows"], 0);
+    assert_eq!(empty["M"], 2000);
+    assert!(empty.get("vs_empty").is_none(), "{empty}");
+    assert_eq!(full["finished_rows"], 20000);
+    for key in ["lag_p50_ms", "lag_p99_ms", "candidates_us"] {
+        assert!(full[key].as_f64().unwrap() > 0.0, "{key}: {full}");
+    }
+    // The candidate read walks the due rows only: about the 1,000 it
+    // returns, however many finished rows the table holds.
+    let reads = full["candidates_index_reads"].as_f64().unwrap();
+    assert!((900.0..1100.0).contains(&reads), "{full}");
+    for key in ["jobs_per_s", "lag_p99_ms", "candidates_us"] {
+        assert!(
+            full["vs_empty"][key].as_f64().unwrap() > 0.0,
+            "{key}: {full}"
+        );
+    }
+    assert_eq!(backlog["phase"], "backlog");
+    assert_eq!(backlog["M"], 4000);
+    let tenths = backlog["decile_jobs_per_s"].as_array().unwrap();
+    assert_eq!(tenths.len(), 10, "{backlog}");
+    assert!(tenths.iter().all(|r| r.as_f64().unwrap() >= 0.0));
+    assert!(backlog["min_to_max_decile"].as_f64().is_some(), "{backlog}");
+}
+
+/// `bench soak` with `--duration` in seconds: per-window lag and worker
+/// RSS, cleanup deleting behind the workers, nothing lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_soak_short_reports_every_window() {
+    require_redis().await;
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .args([
+            "bench",
+            "soak",
+            "--json",
+            "--duration",
+            "6s",
+            "--window-s",
+            "2",
+            "--rate",
+            "300",
+            "--c",
+            "16",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running herald bench soak");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let v = &lines[0];
+    assert_eq!(v["scenario"], "soak");
+    assert_eq!(v["M"], 1800, "{v}");
+    assert_eq!(v["W"], 2);
+    assert_eq!(v["dupes"], 0, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["duration_s"], 6);
+    let windows = v["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 3, "{v}");
+    let rows: u64 = windows.iter().map(|w| w["rows"].as_u64().unwrap()).sum();
+    assert_eq!(rows, 1800, "{v}");
+    for w in windows {
+        assert!(w["lag_p99_ms"].as_f64().unwrap() > 0.0, "{w}");
+        let rss = w["rss_mib"].as_array().unwrap();
+        assert_eq!(rss.len(), 2, "{w}");
+        assert!(rss.iter().all(|r| r.as_f64().unwrap() > 1.0), "{w}");
+    }
+    assert!(v["rss_growth_second_half_mib"].as_f64().is_some(), "{v}");
+    assert!(v["lag_p99_ms_worst_window"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+/// `--duration` belongs to the soak; elsewhere it is refused by name.
+#[test]
+fn bench_duration_is_for_the_soak_only() {
+    let out = herald(None)
+        .args(["bench", "s1", "--duration", "10s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--duration"));
+}
