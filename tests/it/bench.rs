@@ -115,7 +115,7 @@ fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 async fn bench_scale_short_reports_each_table_size_and_the_backlog_tenths() {
     require_redis().await;
     let out = herald(None)
-        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .env("HERALD_DATABASE_URL", format!("{}/herald", mysql_server()))
         .args([
             "bench",
             "scale",
@@ -187,7 +187,7 @@ async fn bench_scale_short_reports_each_table_size_and_the_backlog_tenths() {
 async fn bench_soak_short_reports_every_window() {
     require_redis().await;
     let out = herald(None)
-        .env("HERALD_DATABASE_URL", format!("{MYSQL_SERVER}/herald"))
+        .env("HERALD_DATABASE_URL", format!("{}/herald", mysql_server()))
         .args([
             "bench",
             "soak",
