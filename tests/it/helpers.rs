@@ -193,27 +193,30 @@ impl DbName {
     }
 }
 
+/// Runs one administrative statement (a `DROP`) from a `Drop` impl.
+/// Drop runs inside the test's runtime; a plain thread with its own
+/// runtime can block on the statement without stalling it. Errors are
+/// ignored: this is clean-up.
+pub fn admin_statement_blocking(sql: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let server = SecretUrl::parse(&format!("{}/mysql", mysql_server())).unwrap();
+            if let Ok(admin) = Store::connect(&server, 1).await {
+                let _ = sqlx::query(&sql).execute(admin.pool()).await;
+                admin.close().await;
+            }
+        });
+    })
+    .join();
+}
+
 impl Drop for DbName {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; a plain thread with its own
-        // runtime can block on the DROP without stalling it.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let server = SecretUrl::parse(&format!("{}/mysql", mysql_server())).unwrap();
-                if let Ok(admin) = Store::connect(&server, 1).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                        .execute(admin.pool())
-                        .await;
-                    admin.close().await;
-                }
-            });
-        })
-        .join();
+        admin_statement_blocking(format!("DROP DATABASE IF EXISTS `{}`", self.name));
     }
 }
 

@@ -6,11 +6,9 @@
 
 use std::time::Duration;
 
-use herald::secret::SecretUrl;
-use herald::store::Store;
-
 use crate::helpers::{
-    herald, key_prefix, mysql_server, text, unique, wait_until, TestDb, WorkerProc,
+    admin_statement_blocking, herald, key_prefix, mysql_server, text, unique, wait_until, TestDb,
+    WorkerProc,
 };
 use crate::redis_procs::{free_port, RedisProc};
 
@@ -34,23 +32,7 @@ impl DbUser {
 
 impl Drop for DbUser {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let server = SecretUrl::parse(&format!("{}/mysql", mysql_server())).unwrap();
-                if let Ok(admin) = Store::connect(&server, 1).await {
-                    let _ = sqlx::query(&format!("DROP USER IF EXISTS '{name}'@'%'"))
-                        .execute(admin.pool())
-                        .await;
-                    admin.close().await;
-                }
-            });
-        })
-        .join();
+        admin_statement_blocking(format!("DROP USER IF EXISTS '{}'@'%'", self.name));
     }
 }
 
