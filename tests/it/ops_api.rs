@@ -60,6 +60,24 @@ async fn call(
     )
 }
 
+/// Asserts that a request is refused with `status` and the JSON error
+/// `code` (the stable part of the error shape).
+async fn expect_error(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Vec<u8>>,
+    status: u16,
+    code: &str,
+) {
+    let (got, answer) = call(method, url, token, body).await;
+    assert_eq!(
+        (got, answer["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{url}: {answer}"
+    );
+}
+
 #[tokio::test]
 async fn admin_api_enqueues_lists_retries_cancels_and_guards_itself() {
     require_redis().await;
@@ -71,51 +89,48 @@ async fn admin_api_enqueues_lists_retries_cancels_and_guards_itself() {
     use reqwest::Method;
 
     // Authentication: none, wrong, right.
-    let (status, body) = call(Method::GET, &format!("{api}/counts"), None, None).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
-    let (status, body) = call(
+    expect_error(
+        Method::GET,
+        &format!("{api}/counts"),
+        None,
+        None,
+        401,
+        "unauthorized",
+    )
+    .await;
+    expect_error(
         Method::GET,
         &format!("{api}/counts"),
         Some("wrong-token-0123456789"),
         None,
+        401,
+        "unauthorized",
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("unauthorized"))
-    );
     let (status, body) = call(Method::GET, &format!("{api}/counts"), Some(TOKEN), None).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["counts"]["pending"].is_u64(), "{body}");
 
     // Oversized body: 413 with the JSON error shape, before any parsing.
     let big = vec![b' '; 70_000];
-    let (status, body) = call(
+    expect_error(
         Method::POST,
         &format!("{api}/notifications"),
         Some(TOKEN),
         Some(big),
+        413,
+        "body_too_large",
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (413, Some("body_too_large")),
-        "{body}"
-    );
-    let (status, body) = call(
+    expect_error(
         Method::POST,
         &format!("{api}/notifications"),
         Some(TOKEN),
         Some(b"{nope".to_vec()),
+        400,
+        "invalid_json",
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_json"))
-    );
 
     // A batch of good and bad items: good ones in, bad ones answered by
     // index with `herald enqueue`'s messages; a repeat is a duplicate.
@@ -210,17 +225,15 @@ async fn admin_api_enqueues_lists_retries_cancels_and_guards_itself() {
         "{body}"
     );
     assert!(body["attempt_history"].is_array());
-    let (status, body) = call(
+    expect_error(
         Method::GET,
         &format!("{api}/notifications/424242"),
         Some(TOKEN),
         None,
+        404,
+        "not_found",
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
 
     // List with cursor paging.
     let (_, page1) = call(
@@ -243,18 +256,15 @@ async fn admin_api_enqueues_lists_retries_cancels_and_guards_itself() {
         .map(|p| p["rows"][0]["id"].as_u64().unwrap())
         .collect();
     assert_eq!(seen, HashSet::from([first_id, single_id]));
-    let (status, body) = call(
+    expect_error(
         Method::GET,
         &format!("{api}/notifications?status=done"),
         Some(TOKEN),
         None,
+        400,
+        "invalid_selection",
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_selection")),
-        "{body}"
-    );
     let (status, _) = call(
         Method::GET,
         &format!("{api}/notifications?bogus=1"),
@@ -267,17 +277,15 @@ async fn admin_api_enqueues_lists_retries_cancels_and_guards_itself() {
     // Retry and cancel: an empty selection is refused; dry run changes
     // nothing; a retried row fails again (still no channel), so cancel a
     // far-future one instead.
-    let (status, body) = call(
+    expect_error(
         Method::POST,
         &format!("{api}/notifications/retry"),
         Some(TOKEN),
         Some(b"{}".to_vec()),
+        400,
+        "invalid_selection",
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_selection"))
-    );
     let sel = json!({"status": "failed", "channel": "nowhere", "dry_run": true});
     let (status, body) = call(
         Method::POST,
@@ -327,11 +335,15 @@ async fn admin_api_enqueues_lists_retries_cancels_and_guards_itself() {
     assert_eq!(db.count_status("cancelled").await, 1);
 
     // Unknown routes answer the JSON error too.
-    let (status, body) = call(Method::GET, &format!("{api}/nope"), Some(TOKEN), None).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    expect_error(
+        Method::GET,
+        &format!("{api}/nope"),
+        Some(TOKEN),
+        None,
+        404,
+        "not_found",
+    )
+    .await;
 }
 
 /// `herald admin` (no worker) on a free port with `TOKEN`; killed on drop.
