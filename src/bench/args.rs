@@ -21,6 +21,9 @@ pub enum BenchScenario {
     /// A healthy channel's throughput while another channel's receiver never answers,
     /// against the same channel alone (circuit breaker): M=20,000 on the healthy one, W=2.
     Breaker,
+    /// S1's drain while another connection holds row locks on 1 % of the due rows, against the same drain
+    /// without them: M=50,000, W=2 (--pairs alternating pairs; the lock is held at most --seconds, default 30).
+    ForeignLocks,
     /// The database alone: the protocol's statements for M rows on --w connections (1,2), no workers, no Redis.
     Ceiling,
     /// S1 and a steady phase with the table already holding --finished rows, vs an empty table; and a --backlog drain timed per tenth.
@@ -40,6 +43,7 @@ impl BenchScenario {
             BenchScenario::Cleanup => "cleanup",
             BenchScenario::Ceiling => "ceiling",
             BenchScenario::Breaker => "breaker",
+            BenchScenario::ForeignLocks => "foreign-locks",
             BenchScenario::Scale => "scale",
             BenchScenario::Soak => "soak",
         }
@@ -75,7 +79,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub rate: Option<u64>,
     /// lag: seconds of steady enqueueing (default 30); scale: of its steady phase (10); cleanup: seconds the workers keep
-    /// running after the drain to measure deletion alone (default 5); locks: seconds per phase (default 3).
+    /// running after the drain to measure deletion alone (default 5); locks: seconds per phase (default 3);
+    /// foreign-locks: longest the rows are held (default 30).
     #[arg(long)]
     pub seconds: Option<u64>,
     /// cleanup: old sent rows inserted before timing.
@@ -100,10 +105,14 @@ pub struct BenchArgs {
     /// Give up (exit 1) when a run has not finished after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
-    /// breaker: alternating alone / beside-a-dead-channel pairs (default 3);
+    /// breaker, foreign-locks: alternating pairs (default 3);
     /// the JSON line gives each pair and the medians.
     #[arg(long)]
     pub pairs: Option<u32>,
+    /// Run the workers from this `herald` executable instead of this one:
+    /// two builds compared under the same harness, run after run.
+    #[arg(long, value_name = "PATH")]
+    pub worker_exe: Option<std::path::PathBuf>,
     /// Keep the benchmark databases (their names are printed on stderr).
     #[arg(long)]
     pub keep: bool,

@@ -34,7 +34,8 @@ use chrono::Utc;
 use super::drain::key_prefix;
 use super::fleet::{Fleet, FleetEnv};
 use super::receiver::{BlackHole, Receiver};
-use super::report::{round, Report};
+use super::counters::status_counters;
+use super::report::{median, round, Report};
 use super::workload::{self, BenchDb};
 use super::Params;
 use crate::config::Settings;
@@ -170,15 +171,6 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
     Ok(report)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 struct Run {
     wall: Duration,
     rate: f64,
@@ -200,23 +192,6 @@ impl Run {
     fn per_row(&self, name: &str) -> f64 {
         self.server.get(name).copied().unwrap_or(0.0) / self.m as f64
     }
-}
-
-async fn server_counters(store: &Store) -> anyhow::Result<HashMap<String, f64>> {
-    let list = SERVER_COUNTERS
-        .iter()
-        .map(|c| format!("'{c}'"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
-        "SHOW GLOBAL STATUS WHERE Variable_name IN ({list})"
-    ))
-    .fetch_all(store.pool())
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(k, v)| (k, v.parse().unwrap_or(0.0)))
-        .collect())
 }
 
 async fn once(settings: &Settings, params: &Params, w: usize, dead: bool) -> anyhow::Result<Run> {
@@ -241,6 +216,7 @@ async fn once(settings: &Settings, params: &Params, w: usize, dead: bool) -> any
     let receiver = Receiver::start(Duration::from_millis(params.l_ms)).await?;
     let hole = BlackHole::start().await?;
     let env = FleetEnv {
+        exe: params.worker_exe.clone(),
         database_url: db.url.expose().to_owned(),
         key_prefix: key_prefix(),
         concurrency: params.c,
@@ -253,7 +229,7 @@ async fn once(settings: &Settings, params: &Params, w: usize, dead: bool) -> any
         ],
         ..FleetEnv::default()
     };
-    let before = server_counters(&db.store).await?;
+    let before = status_counters(&db.store, &SERVER_COUNTERS).await?;
     let t0 = Instant::now();
     let mut fleet = Fleet::start(settings, w, &env)?;
     let mut last_report = Instant::now();
@@ -286,7 +262,7 @@ async fn once(settings: &Settings, params: &Params, w: usize, dead: bool) -> any
     }
     let wall = t0.elapsed();
     let cpu = fleet.cpu_seconds();
-    let after = server_counters(&db.store).await?;
+    let after = status_counters(&db.store, &SERVER_COUNTERS).await?;
     let server = after
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))

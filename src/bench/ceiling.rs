@@ -5,8 +5,8 @@
 //! how far the worker is from that bound, this runs Herald's own statements
 //! (the `store::claim` functions the poller and the finisher call) for M
 //! rows over S connections, with no worker process, no Redis and no sends:
-//! per batch of 1,000 the candidate read, the claim, the read-back, and the
-//! finish in chunks of 250 (about the size of the finisher's rounds in S1).
+//! per batch of 1,000 the candidate read, the claim (which reads the
+//! claimed rows in the same round trip), and the finish in chunks of 250 (about the size of the finisher's rounds in S1).
 //! The candidate read is executed for its cost; each stream then claims its
 //! own share of the ids, so streams never contend for rows, which is the
 //! best case for the database.
@@ -22,7 +22,7 @@ use super::Params;
 use crate::config::Settings;
 use crate::store::finish::{self, Finish};
 use crate::store::Store;
-use crate::store::{candidates, claim};
+use crate::store::{candidates, claim, ForeignLocks};
 
 /// Rows per claim, as a worker with the default batch size claims them.
 const BATCH: usize = 1000;
@@ -35,7 +35,6 @@ const LEASE_US: i64 = 30_000_000;
 struct Phases {
     candidates: Duration,
     claim: Duration,
-    fetch: Duration,
     finish: Duration,
 }
 
@@ -43,7 +42,6 @@ impl Phases {
     fn add(&mut self, o: Phases) {
         self.candidates += o.candidates;
         self.claim += o.claim;
-        self.fetch += o.fetch;
         self.finish += o.finish;
     }
 }
@@ -114,7 +112,6 @@ pub async fn run(settings: &Settings, params: &Params, streams: usize) -> anyhow
     report.set("streams", streams);
     report.set("candidates_us_per_row", per_row_us(phases.candidates));
     report.set("claim_us_per_row", per_row_us(phases.claim));
-    report.set("fetch_us_per_row", per_row_us(phases.fetch));
     report.set("finish_us_per_row", per_row_us(phases.finish));
     if let Some(cpu) = work.cpu_ms {
         report.set("db_cpu_ms_per_1000_rows", cpu);
@@ -135,17 +132,16 @@ pub async fn run(settings: &Settings, params: &Params, streams: usize) -> anyhow
 async fn stream(store: &Store, regions: &[String], batches: &[Vec<u64>]) -> anyhow::Result<Phases> {
     let pool = store.pool();
     let mut p = Phases::default();
+    // One per stream, as one per worker: it remembers the server's kind.
+    let foreign = &ForeignLocks::default();
     for ids in batches {
         let token: [u8; 16] = rand::random();
         let t = Instant::now();
         candidates::candidates(pool, regions, ids.len(), None).await?;
         p.candidates += t.elapsed();
         let t = Instant::now();
-        claim::claim(pool, ids, regions, &token, "ceiling", LEASE_US).await?;
+        claim::claim_rows(pool, ids, regions, &token, "ceiling", LEASE_US, foreign).await?;
         p.claim += t.elapsed();
-        let t = Instant::now();
-        claim::fetch_claimed(pool, ids, &token).await?;
-        p.fetch += t.elapsed();
         let t = Instant::now();
         for chunk in ids.chunks(FINISH_CHUNK) {
             let rows: Vec<(u64, Finish)> = chunk.iter().map(|&id| (id, Finish::Sent)).collect();

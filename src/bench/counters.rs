@@ -407,6 +407,28 @@ fn threads(pid: u32, names: &BTreeMap<u64, String>) -> Threads {
     out
 }
 
+/// Named `SHOW GLOBAL STATUS` counters now. Server-wide: they describe a
+/// run only on a server nothing else uses.
+pub async fn status_counters(
+    store: &Store,
+    names: &[&str],
+) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    let list = names
+        .iter()
+        .map(|c| format!("'{c}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ({list})"
+    ))
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(k, v)| (k, v.parse().unwrap_or(0.0)))
+        .collect())
+}
+
 /// CPU time a Redis server has used so far (`INFO cpu`, user + system),
 /// or `None` when it cannot be asked. Server-wide: a shared Redis counts
 /// its other clients too.

@@ -116,6 +116,7 @@ pub async fn run(
         None
     };
     let env = FleetEnv {
+        exe: params.worker_exe.clone(),
         database_url: db.url.expose().to_owned(),
         key_prefix: key_prefix(),
         concurrency: params.c,

@@ -17,6 +17,9 @@ pub struct Fleet {
 /// What the workers of one run are told, beyond the global settings.
 #[derive(Debug, Clone, Default)]
 pub struct FleetEnv {
+    /// The `herald` executable the workers run (`--worker-exe`); this one
+    /// when `None`.
+    pub exe: Option<std::path::PathBuf>,
     pub database_url: String,
     pub key_prefix: String,
     pub concurrency: usize,
@@ -34,7 +37,10 @@ impl Fleet {
     /// other `HERALD_*` worker setting, e.g. `HERALD_BATCH_SIZE`, applies),
     /// then the global settings of this invocation and `env` override it.
     pub fn start(settings: &Settings, w: usize, env: &FleetEnv) -> anyhow::Result<Fleet> {
-        let exe = std::env::current_exe().context("locating the herald executable")?;
+        let exe = match &env.exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe().context("locating the herald executable")?,
+        };
         let redis: Vec<&str> = settings.redis_urls.iter().map(|u| u.expose()).collect();
         let mut fleet = Fleet {
             children: Vec::with_capacity(w),

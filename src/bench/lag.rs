@@ -25,6 +25,7 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
     let dir = RunDir::new()?;
     let output = dir.output()?;
     let env = FleetEnv {
+        exe: params.worker_exe.clone(),
         database_url: db.url.expose().to_owned(),
         key_prefix: key_prefix(),
         concurrency: params.c,

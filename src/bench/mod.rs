@@ -19,6 +19,8 @@
 //! * [`cleanup`] — S1 next to S1 with a cleanup backlog.
 //! * [`breaker`] — a healthy channel's throughput beside a dead one
 //!   (circuit breaker), against the channel alone.
+//! * [`foreign`] — S1's drain while another connection holds row locks on
+//!   1 % of the rows, against the drain without them.
 //! * [`ceiling`] — the protocol's statements alone, no workers: the
 //!   database's bound on S1.
 //! * [`counters`] — the database's work during a run, counted
@@ -43,6 +45,7 @@ pub mod delivered;
 pub mod drain;
 pub mod fill;
 pub mod fleet;
+pub mod foreign;
 pub mod lag;
 pub mod locks;
 pub mod mariadb_server;
@@ -86,6 +89,8 @@ pub struct Params {
     /// breaker: alone / beside pairs, run alternately.
     pub pairs: u32,
     pub keep: bool,
+    /// `--worker-exe`: the workers' executable, when not this one.
+    pub worker_exe: Option<std::path::PathBuf>,
     /// `--db-counters`: report the database's work per 1,000 rows.
     pub db_counters: bool,
     /// `--json`: one JSON line per run instead of a summary.
@@ -105,6 +110,7 @@ impl Params {
             BenchScenario::Locks => (0, vec![1], 64, 0, 3),
             BenchScenario::S1 | BenchScenario::Webhook => (50_000, vec![2], 64, 0, 0),
             BenchScenario::Breaker => (20_000, vec![2], 64, 0, 0),
+            BenchScenario::ForeignLocks => (50_000, vec![2], 64, 0, 30),
             BenchScenario::Scale => (50_000, vec![2], 64, 0, 10),
             BenchScenario::Soak => (0, vec![2], 64, 0, 600),
         };
@@ -225,6 +231,7 @@ impl Params {
                 }
             },
             keep: args.keep,
+            worker_exe: args.worker_exe.clone(),
             db_counters: args.db_counters,
             json: args.json,
         })
@@ -271,6 +278,15 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode
             let mut clean = true;
             for &w in &params.ws {
                 let r = breaker::run(&settings, &params, w).await?;
+                clean &= r.is_clean();
+                report::emit(&r, params.json)?;
+            }
+            clean
+        }
+        BenchScenario::ForeignLocks => {
+            let mut clean = true;
+            for &w in &params.ws {
+                let r = foreign::run(&settings, &params, w).await?;
                 clean &= r.is_clean();
                 report::emit(&r, params.json)?;
             }

@@ -85,3 +85,13 @@ pub fn print_line(value: &impl Serialize) -> anyhow::Result<()> {
     out.flush()?;
     Ok(())
 }
+
+/// The median (NaN for none): what pairs of alternating runs report.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}

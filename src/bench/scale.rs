@@ -362,6 +362,7 @@ fn decile_rates(marks: &[Duration], m: u64) -> Vec<f64> {
 /// (retention, backlog gate), ticking every second.
 fn fleet_env(db: &BenchDb, params: &Params, output: &std::path::Path) -> FleetEnv {
     FleetEnv {
+        exe: params.worker_exe.clone(),
         database_url: db.url.expose().to_owned(),
         key_prefix: key_prefix(),
         concurrency: params.c,

@@ -19,6 +19,10 @@ use sqlx::{Executor, MySqlPool, Row};
 pub(super) struct TxConn(Option<PoolConnection<MySql>>);
 
 impl TxConn {
+    pub(super) async fn new(pool: &MySqlPool) -> Result<TxConn, sqlx::Error> {
+        Ok(TxConn(Some(pool.acquire().await?)))
+    }
+
     pub(super) fn conn(&mut self) -> &mut MySqlConnection {
         self.0.as_mut().expect("connection taken")
     }
@@ -75,13 +79,34 @@ pub(super) async fn lock_free(
 /// release build that cost a third of the drain rate. So after a statement
 /// met a foreign lock, the next ones go straight to the skip-locked path for
 /// [`ForeignLocks::MEMORY`]; then the fast path is tried again.
+///
+/// Also remembers whether the server runs an `UPDATE` joined to a derived
+/// `SELECT … FOR UPDATE SKIP LOCKED` the way the claim needs (MariaDB;
+/// asked once, see [`super::claim::claim_rows`]).
 #[derive(Debug, Default)]
 pub struct ForeignLocks {
     seen: Mutex<Option<Instant>>,
+    skip_locked_update: tokio::sync::OnceCell<bool>,
 }
 
 impl ForeignLocks {
     pub const MEMORY: Duration = Duration::from_secs(5);
+
+    /// Whether claims take the one-statement skip-locked form. Decided by
+    /// the server's version on first use; a failed question is asked again
+    /// next time (the two-step path serves meanwhile).
+    pub(super) async fn skip_locked_update(&self, pool: &MySqlPool) -> bool {
+        let asked = self
+            .skip_locked_update
+            .get_or_try_init(|| async {
+                sqlx::query_scalar::<_, String>("SELECT VERSION()")
+                    .fetch_one(pool)
+                    .await
+                    .map(|v| v.contains("MariaDB"))
+            })
+            .await;
+        asked.is_ok_and(|yes| *yes)
+    }
 
     fn recently_seen(&self) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -362,7 +362,7 @@ impl Gatekeeper {
             Err(e) => {
                 // They stay out of the next polls for a moment instead.
                 tracing::warn!(error = %e, rows = held.len(), "deferring rows held back by the gate failed");
-                shared.note_busy(out.iter().copied());
+                shared.busy.skipped(out.iter().copied());
             }
         }
         let n = out.len();

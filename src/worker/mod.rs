@@ -38,8 +38,10 @@
 //!   whole send timeout before its breaker opens).
 //! * [`backoff`] — idle poll back-off (retry delays: [`crate::policy`]).
 //! * `spread` — which slice of the candidates each round reads.
+//! * `busy` — rows a claim skipped (held elsewhere, or not committed yet),
+//!   left out of the candidates for a moment, or longer when skipped again.
 //! * this file — [`Worker`], its [`WorkerHandle`] and the state the tasks
-//!   share (`Shared`: in-flight count and gauge, skipped and busy rows,
+//!   share (`Shared`: in-flight count and gauge, unwritable rows,
 //!   poll failures for `/readyz`).
 //!
 //! Shutdown ([`Worker::run`]): stop polling; senders that have not started
@@ -51,6 +53,7 @@
 pub(crate) mod admission;
 pub mod backoff;
 pub(crate) mod board;
+pub(crate) mod busy;
 pub(crate) mod cancel;
 pub(crate) mod caps;
 pub mod finish;
@@ -60,7 +63,7 @@ pub mod send;
 pub(crate) mod share;
 pub(crate) mod spread;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -141,11 +144,9 @@ pub(crate) struct Shared {
     /// Rows that could neither be claimed nor marked failed (their content
     /// breaks every write): left alone so the rest keeps flowing.
     pub skipped: Mutex<HashSet<u64>>,
-    /// Rows the last claims skipped (locked by another transaction, or
-    /// taken by another instance), until when to leave them out of the
-    /// candidates: a foreign lock held for long would otherwise keep them
-    /// at the front of every poll's window, crowding out rows that can go.
-    pub busy: Mutex<HashMap<u64, Instant>>,
+    /// Rows the last claims skipped or handed back, left out of the
+    /// candidates for a while.
+    pub busy: busy::BusyRows,
     /// Since when polls have failed without a success in between, and the
     /// last error; `/readyz` reports it once it lasts.
     pub poll_failing: Mutex<Option<(Instant, String)>>,
@@ -171,42 +172,13 @@ impl Shared {
     }
 
     pub(crate) fn drop_skipped(&self, candidates: &mut Vec<crate::store::candidates::Candidate>) {
-        let skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
-        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        if !skipped.is_empty() || !busy.is_empty() {
-            candidates.retain(|c| !skipped.contains(&c.id) && !busy.contains_key(&c.id));
-        }
-    }
-
-    /// How long a row the claim skipped stays out of the candidates.
-    const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
-
-    pub(crate) fn note_busy(&self, ids: impl Iterator<Item = u64>) {
-        self.note_busy_for(ids, Self::BUSY_FOR);
-    }
-
-    /// [`Shared::note_busy`] for a given time (a capped channel's rows
-    /// handed back stay out until the channel has probably caught up).
-    pub(crate) fn note_busy_for(&self, ids: impl Iterator<Item = u64>, time: std::time::Duration) {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        let until = Instant::now() + time;
-        for id in ids {
-            if busy.len() >= 100_000 {
-                break;
+        {
+            let skipped = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+            if !skipped.is_empty() {
+                candidates.retain(|c| !skipped.contains(&c.id));
             }
-            busy.insert(id, until);
         }
-    }
-
-    /// Forgets rows whose time out is over; returns how many remain, so
-    /// the poll can read that many more candidates.
-    pub(crate) fn busy_count(&self) -> usize {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        if !busy.is_empty() {
-            let now = Instant::now();
-            busy.retain(|_, until| *until > now);
-        }
-        busy.len()
+        self.busy.retain_free(candidates, |c| c.id);
     }
 
     /// Records the outcome of a poll round for `/readyz`.
@@ -340,7 +312,7 @@ impl Worker {
             heartbeat: AtomicU64::new(0),
             started: Instant::now(),
             skipped: Mutex::new(HashSet::new()),
-            busy: Mutex::new(HashMap::new()),
+            busy: Default::default(),
             poll_failing: Mutex::new(None),
             claim_foreign_locks: Default::default(),
             finish_foreign_locks: Default::default(),

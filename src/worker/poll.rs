@@ -166,7 +166,7 @@ async fn poll_once(
         aside = s.full.len();
         if !s.full.is_empty() {
             let send_timeout = shared.cfg.send_timeout;
-            shared.note_busy_for(
+            shared.busy.hold(
                 s.full.iter().copied(),
                 send_timeout.min(Duration::from_secs(1)),
             );
@@ -234,7 +234,7 @@ async fn read_candidates(
     want: usize,
     slice: Option<Slice>,
 ) -> anyhow::Result<Vec<Candidate>> {
-    let window = (want + shared.busy_count()).min(MAX_WINDOW);
+    let window = (want + shared.busy.out_now()).min(MAX_WINDOW);
     let mut candidates =
         candidates::candidates(shared.deps.store.pool(), &shared.regions, window, slice)
             .await
@@ -333,7 +333,7 @@ async fn claim_granted(
     }
     if jobs.len() < ids.len() {
         let got: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
-        shared.note_busy(ids.iter().copied().filter(|id| !got.contains(id)));
+        shared.busy.skipped(ids.iter().copied().filter(|id| !got.contains(id)));
     }
     let used: HashSet<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
     let unused: Vec<String> = lock

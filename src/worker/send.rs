@@ -174,7 +174,7 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> Decided {
             Ok(pass) => pass,
             Err(Refused::Full(out_for)) => {
                 tracing::debug!(id = row.id, channel = %row.channel, "channel at its cap; handing back");
-                shared.note_busy_for(std::iter::once(row.id), out_for);
+                shared.busy.hold(std::iter::once(row.id), out_for);
                 return (Finish::HandBack, None, None);
             }
         },

@@ -54,7 +54,7 @@ fn bench_rejects_contradicting_scenarios() {
     assert!(text(&out.stderr).contains("--scenario"));
 }
 
-/// The database-only replay runs Herald's own claim, read-back and finish
+/// The database-only replay runs Herald's own claim (with its read) and finish
 /// statements: every row ends `sent`, once per stream count asked for.
 #[test]
 fn bench_ceiling_replays_the_protocol_without_workers() {
@@ -76,7 +76,7 @@ fn bench_ceiling_replays_the_protocol_without_workers() {
         assert_eq!(v["streams"], streams);
         assert_eq!(v["M"], 3000);
         assert_eq!(v["lost"], 0, "{stdout}");
-        for phase in ["candidates", "claim", "fetch", "finish"] {
+        for phase in ["candidates", "claim", "finish"] {
             let us = v[format!("{phase}_us_per_row")].as_f64().unwrap();
             assert!(us > 0.0, "{phase}: {stdout}");
         }
@@ -238,4 +238,43 @@ fn bench_duration_is_for_the_soak_only() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--duration"));
+}
+
+/// `bench foreign-locks` in short mode: one alternating pair, the held
+/// hundredth delivered after the other application lets go, nothing lost
+/// or sent twice, and the pair's figures in the JSON line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_foreign_locks_short_reports_the_pair_and_loses_nothing() {
+    require_redis().await;
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", format!("{}/herald", mysql_server()))
+        .args([
+            "bench",
+            "foreign-locks",
+            "--json",
+            "--m",
+            "3000",
+            "--c",
+            "16",
+            "--pairs",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running herald bench foreign-locks");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let v = &lines[0];
+    assert_eq!(v["scenario"], "foreign-locks");
+    assert_eq!(v["W"], 2);
+    assert_eq!(v["held_rows"], 30, "{stdout}");
+    assert_eq!(v["dupes"], 0, "{stdout}");
+    assert_eq!(v["lost"], 0, "{stdout}");
+    assert_eq!(v["each_pair"].as_array().map(Vec::len), Some(1), "{stdout}");
+    for key in ["free_jobs_per_s", "jobs_per_s", "ratio"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {stdout}");
+    }
+    assert!(v["released_drain_s"].as_f64().is_some(), "{stdout}");
 }
