@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use chrono::Utc;
 
+use super::counters::status_counters;
 use super::drain::key_prefix;
 use super::fleet::{Fleet, FleetEnv};
 use super::receiver::{BlackHole, Receiver};
-use super::counters::status_counters;
 use super::report::{median, round, Report};
 use super::workload::{self, BenchDb};
 use super::Params;

@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::Utc;
 use sqlx::{Connection, Executor, MySqlConnection};
 
 use super::counters::{status_counters, DbWork, Snapshot};
@@ -172,10 +171,7 @@ async fn once(settings: &Settings, params: &Params, w: usize, hold: bool) -> any
     );
     let db = BenchDb::create(&settings.database_url, params.keep).await?;
     let region = settings.regions[0].as_str();
-    let send_at = Utc::now() - chrono::Duration::seconds(1);
-    workload::enqueue(&db.store, 0, params.m, params.users, "file", region, send_at).await?;
-    let expected = workload::ids_after(&db.store, 0).await?;
-    workload::settle(&db.store).await?;
+    let expected = workload::due_backlog(&db.store, params.m, params.users, region, 0).await?;
     let held_ids: Vec<u64> = match hold {
         true => expected
             .iter()
@@ -322,11 +318,7 @@ impl Holder {
         let mut conn = MySqlConnection::connect(url)
             .await
             .context("connecting the lock holder")?;
-        let list = ids
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         conn.execute(sqlx::raw_sql(&format!(
             "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; \
              SELECT id FROM notifications WHERE id IN ({list}) FOR UPDATE"

@@ -89,19 +89,7 @@ pub async fn finished_run(
         0
     };
     eprintln!("{label}: enqueueing {} due rows", params.m);
-    let send_at = Utc::now() - chrono::Duration::seconds(1);
-    workload::enqueue(
-        &db.store,
-        0,
-        params.m,
-        params.users,
-        "file",
-        region,
-        send_at,
-    )
-    .await?;
-    let drained = workload::ids_after(&db.store, old_max).await?;
-    workload::settle(&db.store).await?;
+    let drained = workload::due_backlog(&db.store, params.m, params.users, region, old_max).await?;
     let probe = probe_candidates(&db, region).await?;
     eprintln!(
         "{label}: candidate read of {PROBE_LIMIT} alone: median {:.0} µs, {:.0} index entries read",

@@ -145,6 +145,23 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// The drain scenarios' backlog: `m` rows on the `file` channel for `users`
+/// users, due a second ago (so a database clock slightly behind ours still
+/// sees them due), flushed ([`settle`]). Returns their ids, ascending.
+pub async fn due_backlog(
+    store: &Store,
+    m: u64,
+    users: u64,
+    region: &str,
+    after_id: u64,
+) -> anyhow::Result<Vec<u64>> {
+    let send_at = chrono::Utc::now() - chrono::Duration::seconds(1);
+    enqueue(store, 0, m, users, "file", region, send_at).await?;
+    let ids = ids_after(store, after_id).await?;
+    settle(store).await?;
+    Ok(ids)
+}
+
 /// Flushes the table's dirty pages before the clock starts. Without this
 /// the timed run shares the disk and CPU with the server writing back what
 /// the (untimed) set-up just inserted, and a scenario with more set-up rows

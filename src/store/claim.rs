@@ -90,7 +90,7 @@ impl Claim<'_> {
         if self.ids.is_empty() {
             return Ok(Vec::new());
         }
-        if foreign.skip_locked_update(pool).await {
+        if foreign.one_trip_claim(pool).await {
             let sql = self.locked_read_sql();
             let mut tx = TxConn::new(pool).await?;
             let rows = tx.conn().fetch_all(sqlx::raw_sql(&sql)).await?;

@@ -80,24 +80,25 @@ pub(super) async fn lock_free(
 /// met a foreign lock, the next ones go straight to the skip-locked path for
 /// [`ForeignLocks::MEMORY`]; then the fast path is tried again.
 ///
-/// Also remembers whether the server runs an `UPDATE` joined to a derived
-/// `SELECT … FOR UPDATE SKIP LOCKED` the way the claim needs (MariaDB;
-/// asked once, see [`super::claim::claim_rows`]).
+/// Also remembers whether the server takes the claim's one-round-trip
+/// form (a locking read that collects ids in a session variable, then an
+/// update prepared from it): MariaDB, asked once; see
+/// [`super::claim::claim_rows`].
 #[derive(Debug, Default)]
 pub struct ForeignLocks {
     seen: Mutex<Option<Instant>>,
-    skip_locked_update: tokio::sync::OnceCell<bool>,
+    one_trip_claim: tokio::sync::OnceCell<bool>,
 }
 
 impl ForeignLocks {
     pub const MEMORY: Duration = Duration::from_secs(5);
 
-    /// Whether claims take the one-statement skip-locked form. Decided by
-    /// the server's version on first use; a failed question is asked again
-    /// next time (the two-step path serves meanwhile).
-    pub(super) async fn skip_locked_update(&self, pool: &MySqlPool) -> bool {
+    /// Whether claims take the one-round-trip form. Decided by the
+    /// server's version on first use; a failed question is asked again
+    /// next time (the other path serves meanwhile).
+    pub(super) async fn one_trip_claim(&self, pool: &MySqlPool) -> bool {
         let asked = self
-            .skip_locked_update
+            .one_trip_claim
             .get_or_try_init(|| async {
                 sqlx::query_scalar::<_, String>("SELECT VERSION()")
                     .fetch_one(pool)

@@ -72,6 +72,7 @@ impl Store {
             .max_connections(max_connections)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| Box::pin(session_settings(conn)))
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to MySQL at {url}"))?;
@@ -96,6 +97,33 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Settings every pooled connection gets.
+///
+/// MariaDB rewrites an `IN` list of 1,000 values or more
+/// (`in_predicate_conversion_threshold`) into a join with a derived table,
+/// and then plans the hot statements' id lists, which are 1,000 ids long
+/// with the default batch size, as full table scans: an update that reads
+/// and locks every row of the table, and a skip-locked read that found no
+/// row at all while another connection held some (`herald bench ceiling
+/// --w 2` lost half its rows until this was set). Turned off, the lists stay
+/// primary-key lookups. MySQL has neither the rewrite nor the variable; its
+/// "unknown variable" is ignored.
+pub async fn session_settings(conn: &mut sqlx::MySqlConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    match conn
+        .execute("SET SESSION in_predicate_conversion_threshold = 0")
+        .await
+    {
+        Err(sqlx::Error::Database(e))
+            if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|m| m.number() == 1193) =>
+        {
+            Ok(())
+        }
+        r => r.map(|_| ()),
     }
 }
 

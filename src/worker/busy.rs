@@ -96,7 +96,9 @@ impl BusyRows {
         if rows.is_empty() {
             return 0;
         }
-        rows.retain(|_, e| e.until > now || now.saturating_duration_since(e.last_skip) < FORGET_AFTER);
+        rows.retain(|_, e| {
+            e.until > now || now.saturating_duration_since(e.last_skip) < FORGET_AFTER
+        });
         rows.values().filter(|e| e.until > now).count()
     }
 

@@ -333,7 +333,9 @@ async fn claim_granted(
     }
     if jobs.len() < ids.len() {
         let got: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
-        shared.busy.skipped(ids.iter().copied().filter(|id| !got.contains(id)));
+        shared
+            .busy
+            .skipped(ids.iter().copied().filter(|id| !got.contains(id)));
     }
     let used: HashSet<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
     let unused: Vec<String> = lock

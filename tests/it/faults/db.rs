@@ -74,11 +74,13 @@ async fn fault_kill_query_mid_claim() {
             .await
             .unwrap();
         let held = Instant::now();
-        // Kill every claim that queues behind the lock for up to 300 ms.
+        // Kill every claim that queues behind the lock for up to 300 ms:
+        // its update, or (MariaDB's one-round-trip claim) its locking read.
         while held.elapsed() < Duration::from_millis(300) {
             let waiting: Vec<i64> = sqlx::query_scalar(
                 "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? \
-                 AND INFO LIKE 'UPDATE notifications SET status = ''sending''%'",
+                 AND (INFO LIKE 'UPDATE notifications SET status = ''sending''%' \
+                      OR (INFO LIKE 'SELECT id, user_id,%' AND INFO LIKE '%@herald_claimed%'))",
             )
             .bind(&db_name)
             .fetch_all(rig.store.pool())
@@ -104,7 +106,7 @@ async fn fault_kill_query_mid_claim() {
     settle_and_report(
         &rig,
         "kill_query_mid_claim",
-        "LOCK TABLES READ 300 ms in every 400, KILL QUERY on each claim UPDATE waiting behind it",
+        "LOCK TABLES READ 300 ms in every 400, KILL QUERY on each claim statement waiting behind it",
         window,
         &mut workers,
         None,
