@@ -167,17 +167,15 @@ impl Claim<'_> {
              FROM notifications FORCE INDEX (PRIMARY)",
         );
         self.condition(&mut sql, self.ids);
-        sql.push_str(" FOR UPDATE SKIP LOCKED; SET @herald_claim = CONCAT(");
+        // No `DEALLOCATE` (the next `PREPARE` of the name replaces it) and
+        // no clearing of the variables afterwards (the next claim sets
+        // them): two statements fewer per claim, for nothing.
+        sql.push_str(" FOR UPDATE SKIP LOCKED; PREPARE herald_claim FROM CONCAT(");
         let mut head = String::with_capacity(512);
         self.update_head(&mut head);
         head.push_str(" WHERE id IN (");
         literal::text(&mut sql, &head);
-        sql.push_str(
-            ", COALESCE(@herald_claimed, 'NULL'), ')'); \
-             PREPARE herald_claim FROM @herald_claim; EXECUTE herald_claim; \
-             DEALLOCATE PREPARE herald_claim; COMMIT; \
-             SET @herald_claimed = NULL, @herald_claim = NULL",
-        );
+        sql.push_str(", COALESCE(@herald_claimed, 'NULL'), ')'); EXECUTE herald_claim; COMMIT");
         sql
     }
 
