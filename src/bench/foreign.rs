@@ -251,7 +251,7 @@ async fn once(settings: &Settings, params: &Params, w: usize, hold: bool) -> any
             (k.clone(), grown / timed.max(1) as f64)
         })
         .collect();
-    // The other application commits: the held rows must follow.
+    // The other application ends its transaction: the held rows must follow.
     let released = Instant::now();
     if let Some(h) = holder.take() {
         h.release().await?;
