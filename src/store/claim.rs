@@ -259,6 +259,12 @@ fn decode_claimed(row: &MySqlRow) -> ClaimedRead {
 
 /// Reads a large payload at send time, while the row is still claimed
 /// under `token`; `None` if the claim is gone.
+///
+/// The connection's buffers are shrunk afterwards: sqlx keeps a connection's
+/// read buffer at the largest packet it ever received, so without this
+/// every pooled connection that once read a 1 MB payload would hold a
+/// megabyte or more for the life of the process, outside the payload
+/// budget.
 pub async fn fetch_payload(
     pool: &MySqlPool,
     id: u64,
@@ -267,8 +273,12 @@ pub async fn fetch_payload(
     let mut sql = String::from("SELECT CAST(payload AS CHAR) FROM notifications WHERE id = ");
     let _ = write!(sql, "{id} AND status = 'sending' AND claim_token = ");
     literal::bytes(&mut sql, token);
-    let rows = sqlx::raw_sql(&sql).fetch_all(pool).await?;
-    rows.first()
+    let mut pooled = pool.acquire().await?;
+    let conn: &mut sqlx::MySqlConnection = pooled.as_mut();
+    let rows = conn.fetch_all(sqlx::raw_sql(&sql)).await;
+    sqlx::Connection::shrink_buffers(conn);
+    rows?
+        .first()
         .map(|r| r.try_get::<Option<String>, _>(0))
         .transpose()
 }
