@@ -67,8 +67,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             return;
         }
         let send_us = shared.send_ewma_us.load(Ordering::Relaxed) as f64;
-        let capacity =
-            cfg.concurrency + claim_ahead(cfg.concurrency, cfg.batch_size, poll_us, send_us);
+        let ahead = claim_ahead(cfg.concurrency, cfg.batch_size, poll_us, send_us);
+        let capacity = cfg.concurrency + ahead;
+        // Top up only once half the rows claimed ahead are gone: the other
+        // half still covers a poll round, and one large claim costs the
+        // database far less per row than many small ones.
+        let min_room = min_room.max(ahead / 2);
         let room = || capacity.saturating_sub(shared.occupied()) >= min_room;
         if !room() {
             tokio::select! {
