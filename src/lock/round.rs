@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use redis::aio::MultiplexedConnection;
 use redis::RedisResult;
 use tokio::sync::Notify;
@@ -183,7 +184,12 @@ where
 }
 
 /// Lets the requests still in flight finish without anyone waiting for them.
-pub(crate) fn finish_in_background<R: Send + 'static>(round: Round<R>) {
+pub(crate) fn finish_in_background<R: Send + 'static>(mut round: Round<R>) {
+    // A round usually stops at a majority with the last answer already in
+    // (coalesced batches come back together): collect what is ready here
+    // rather than spawn a task for it, two of which per lock and release
+    // cycle were a measurable share of the client's CPU.
+    while let Some(Some(_)) = round.next().now_or_never() {}
     if round.is_empty() {
         return;
     }
