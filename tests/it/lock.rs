@@ -262,6 +262,14 @@ async fn extend_survives_two_of_three_masters_paused() {
     let p = prefix();
     let rl = redlock(masters.urls(), &p).await;
     let mut lock = rl.acquire("job", Duration::from_secs(2)).await.unwrap();
+    // The acquire needs a majority only: on a loaded machine one master's
+    // SET may have missed its timeout and never been sent.
+    let mine = vec![format!("{p}job")];
+    let mut holding = Vec::new();
+    for url in masters.urls() {
+        holding.push(keys_on(&url, &p).await == mine);
+    }
+    assert!(holding.iter().filter(|h| **h).count() >= 2);
     for i in 0..2 {
         assert!(masters[i].raw("CLIENT PAUSE 700 ALL").starts_with("+OK"));
     }
@@ -272,9 +280,11 @@ async fn extend_survives_two_of_three_masters_paused() {
         "extend waited out the pause"
     );
     assert!(lock.remaining_validity() > Duration::from_millis(1500));
-    // Still ours on every master, and nobody else can take it.
-    for url in masters.urls() {
-        assert_eq!(keys_on(&url, &p).await, vec![format!("{p}job")]);
+    // Still ours on every master that had it, and nobody else can take it.
+    for (url, held) in masters.urls().into_iter().zip(holding) {
+        if held {
+            assert_eq!(keys_on(&url, &p).await, mine);
+        }
     }
     let other = redlock(masters.urls(), &p).await;
     assert!(matches!(
@@ -339,9 +349,13 @@ async fn non_owner_cannot_release_or_extend_and_keys_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_short_ttl_is_an_error_at_once() {
-    let masters = Masters::start(1);
+    let mut masters = Masters::start(1);
     let p = prefix();
     let rl = redlock(masters.urls(), &p).await;
+    // The master is stopped: a call that sent anything would wait out the
+    // master timeout and fail with another error, whatever the machine's
+    // load (a wall-clock bound alone failed on a loaded CI machine).
+    masters[0].pause();
     let t0 = Instant::now();
     for ttl in [
         Duration::ZERO,
@@ -362,7 +376,7 @@ async fn too_short_ttl_is_an_error_at_once() {
         ));
     }
     assert!(
-        t0.elapsed() < Duration::from_millis(50),
+        t0.elapsed() < Duration::from_millis(400),
         "{:?}",
         t0.elapsed()
     );
@@ -370,6 +384,7 @@ async fn too_short_ttl_is_an_error_at_once() {
         rl.acquire("x", Duration::MAX).await,
         Err(LockError::Config(_))
     ));
+    masters[0].resume();
     let mut ok = rl.acquire("x", Duration::from_millis(200)).await.unwrap();
     assert!(matches!(
         rl.extend(&mut ok, Duration::from_millis(2)).await,
