@@ -211,7 +211,7 @@ impl Gatekeeper {
                 }
             }
             if any_full && shared.shares.full(channel) {
-                full.push(c.id);
+                full.push((c.id, channel.clone()));
             }
         }
         Ok(Some(Screen {
@@ -402,8 +402,8 @@ pub(crate) struct Screen {
     held: Vec<Held>,
     /// Rows of channels at their share of the send slots: not claimed,
     /// not deferred (the channel may answer any moment), left out of this
-    /// worker's polls for a moment.
-    pub(crate) full: Vec<u64>,
+    /// worker's polls until it does.
+    pub(crate) full: Vec<(u64, String)>,
 }
 
 impl Screen {
@@ -413,7 +413,7 @@ impl Screen {
         self.held
             .iter()
             .map(|h| h.0)
-            .chain(self.full.iter().copied())
+            .chain(self.full.iter().map(|(id, _)| *id))
             .collect()
     }
 }

@@ -21,7 +21,7 @@ use crate::config::RecordAttempts;
 use crate::metrics::Metrics;
 use crate::outcome::Outcome;
 use crate::store::attempts::{Attempt, History};
-use crate::store::finish::{self as store_finish, Finish, FinishCounts};
+use crate::store::finish::{self as store_finish, Finish, FinishCounts, SentClaim};
 
 /// Most rows written in one round.
 const MAX_ROUND: usize = 2_000;
@@ -85,8 +85,81 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Don
                 }
             }
         }
-        let writes = groups.into_values().map(|g| write_group(&shared, g));
-        futures::future::join_all(writes).await;
+        let groups: Vec<Group> = groups.into_values().collect();
+        if groups.len() > 1 && write_sent_together(&shared, &groups).await {
+            let settled = groups.into_iter().map(|g| {
+                let mut counts = FinishCounts::default();
+                counts[Outcome::Sent] = g.rows.len() as u64;
+                settle(&shared, g, counts, Vec::new())
+            });
+            futures::future::join_all(settled).await;
+        } else {
+            let writes = groups.into_iter().map(|g| write_group(&shared, g));
+            futures::future::join_all(writes).await;
+        }
+    }
+}
+
+/// The history of a group's rows, as the finish writes record it.
+fn history_of<'a>(shared: &'a Shared, g: &'a Group) -> History<'a> {
+    History {
+        worker_id: &shared.cfg.worker_id,
+        record_sent: shared.cfg.record_attempts == RecordAttempts::All,
+        attempts: &g.attempts,
+    }
+}
+
+/// Writes the rows of several claims in one statement when all of them
+/// were sent (and no history row is due for them): with slow sends, rows
+/// finish in a trickle and one round holds the rows of two or three
+/// claims. Returns whether every row was recorded; if not (or the write
+/// failed), each group is written on its own, which sorts out what this
+/// statement did.
+async fn write_sent_together(shared: &Shared, groups: &[Group]) -> bool {
+    let record_sent = shared.cfg.record_attempts == RecordAttempts::All;
+    let sent_only = groups.iter().all(|g| {
+        (!record_sent || g.attempts.is_empty()) && g.rows.iter().all(|(_, f)| *f == Finish::Sent)
+    });
+    if !sent_only {
+        return false;
+    }
+    let ids: Vec<Vec<u64>> = groups
+        .iter()
+        .map(|g| g.rows.iter().map(|(id, _)| *id).collect())
+        .collect();
+    let tokens: Vec<[u8; 16]> = groups
+        .iter()
+        .map(|g| *g.batch.lock.token().as_bytes())
+        .collect();
+    let claims: Vec<SentClaim<'_>> = tokens
+        .iter()
+        .zip(&ids)
+        .map(|(token, ids)| SentClaim { token, ids })
+        .collect();
+    // One map of every group's attempts: the statement sets each row's
+    // last status and duration.
+    let attempts: HashMap<u64, Attempt> = groups
+        .iter()
+        .flat_map(|g| g.attempts.iter().map(|(id, a)| (*id, a.clone())))
+        .collect();
+    let history = History {
+        worker_id: &shared.cfg.worker_id,
+        record_sent,
+        attempts: &attempts,
+    };
+    let write = store_finish::finish_sent_together(
+        shared.deps.store.pool(),
+        &claims,
+        &history,
+        &shared.finish_foreign_locks,
+    );
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(all)) => all,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "joint finish write failed; writing per claim");
+            false
+        }
+        Err(_) => false,
     }
 }
 
@@ -106,11 +179,7 @@ async fn write_group(shared: &Shared, g: Group) {
     // would let their leases run out and another instance send them again.
     // So keep trying for as long as the database is away, and stop only
     // when the shutdown grace is over.
-    let history = History {
-        worker_id: &shared.cfg.worker_id,
-        record_sent: shared.cfg.record_attempts == RecordAttempts::All,
-        attempts: &g.attempts,
-    };
+    let history = history_of(shared, &g);
     let mut attempt = 0u32;
     let (counts, busy) = loop {
         attempt += 1;
@@ -154,6 +223,13 @@ async fn write_group(shared: &Shared, g: Group) {
             }
         }
     };
+    settle(shared, g, counts, busy).await;
+}
+
+/// After a group's write: its metrics, its lock keys, its rows that were
+/// busy, and the room they leave.
+async fn settle(shared: &Shared, g: Group, counts: FinishCounts, busy: Vec<u64>) {
+    let n = g.rows.len();
     record(shared, &g, counts);
     let busy = if shared.abort.is_cancelled() && !busy.is_empty() {
         tracing::warn!(

@@ -35,11 +35,16 @@ struct Round {
 
 /// How many rows beyond the send slots a worker keeps claimed.
 ///
-/// Enough to cover about two poll rounds of sending, so slots never wait
-/// for a poll; no more, because rows claimed ahead are rows other instances
-/// cannot take (with slow sends a deep prefetch makes one instance hoard the
-/// tail of a backlog while the others idle). With instant sends this is the
-/// whole batch size, so polls stay large.
+/// Enough to cover about four poll rounds of sending: the next poll starts
+/// when half of them are gone ([`min_room`]), and the half left must
+/// outlast a slow round, not a typical one (four workers with 20 ms sends
+/// on two cores: rounds of 5 ms at the median, 13 ms at p90; with cover
+/// for two rounds the slots ran dry in about one round in ten, and claims
+/// were half the size, each a statement and a commit). No more, because
+/// rows claimed ahead are rows other instances cannot take (with slow
+/// sends a deep prefetch makes one instance hoard the tail of a backlog
+/// while the others idle). With instant sends this is the whole batch
+/// size, so polls stay large.
 fn claim_ahead(concurrency: usize, batch_size: usize, poll_us: f64, send_us: f64) -> usize {
     let floor = concurrency.min(batch_size).max(1);
     if send_us <= 0.0 {
@@ -47,7 +52,7 @@ fn claim_ahead(concurrency: usize, batch_size: usize, poll_us: f64, send_us: f64
         // let the first instance up claim a whole batch of the backlog.
         return floor;
     }
-    let rows = concurrency as f64 * (2.0 * poll_us / send_us).ceil();
+    let rows = concurrency as f64 * (4.0 * poll_us / send_us).ceil();
     (rows as usize).clamp(floor, batch_size.max(floor))
 }
 
@@ -177,11 +182,18 @@ async fn poll_once(
         let out = s.set_aside();
         aside = s.full.len();
         if !s.full.is_empty() {
-            let send_timeout = shared.cfg.send_timeout;
-            shared.busy.hold(
-                s.full.iter().copied(),
-                send_timeout.min(Duration::from_secs(1)),
-            );
+            let most = shared.cfg.send_timeout.min(Duration::from_secs(1));
+            let mut by_channel: HashMap<&str, Vec<u64>> = HashMap::new();
+            for (id, channel) in &s.full {
+                by_channel.entry(channel).or_default().push(*id);
+            }
+            for (channel, ids) in by_channel {
+                shared.busy.hold_for_channel(channel, &ids, most);
+                // It may have answered since `prepare` looked.
+                if !shared.shares.full(channel) {
+                    shared.busy.channel_answered(channel);
+                }
+            }
         }
         if !out.is_empty() {
             candidates.retain(|c| !out.contains(&c.id));
@@ -564,8 +576,12 @@ mod tests {
         assert_eq!(claim_ahead(64, 1000, 5_000.0, 0.0), 64);
         // Instant sends: whole batches.
         assert_eq!(claim_ahead(64, 1000, 5_000.0, 50.0), 1000);
-        // 20 ms sends, 10 ms polls: one round of slots, not the batch.
-        assert_eq!(claim_ahead(50, 1000, 10_000.0, 20_000.0), 50);
+        // 20 ms sends, 10 ms polls: two rounds of slots, not the batch.
+        assert_eq!(claim_ahead(50, 1000, 10_000.0, 20_000.0), 100);
+        // 20 ms sends, 5 ms polls: one round of slots.
+        assert_eq!(claim_ahead(50, 1000, 5_000.0, 20_000.0), 50);
+        // 1 s sends: the slots' worth.
+        assert_eq!(claim_ahead(50, 1000, 10_000.0, 1_000_000.0), 50);
         // Never below the slots (or the batch, if smaller).
         assert_eq!(claim_ahead(50, 20, 1.0, 1_000_000.0), 20);
     }

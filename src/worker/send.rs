@@ -283,7 +283,9 @@ async fn deliver(shared: &Shared, batch: &ClaimBatch, job: &Job) -> Decided {
     };
     shared.send_ewma_us.store(next, Ordering::Relaxed);
     let answered = !matches!(outcome, SendOutcome::Transient { .. });
-    shared.shares.outcome(&row.channel, answered);
+    if shared.shares.outcome(&row.channel, answered) {
+        shared.busy.channel_answered(&row.channel);
+    }
     shared
         .admission
         .outcome(cfg, &row.channel, row.id, answered);

@@ -128,8 +128,10 @@ impl Shares {
     }
 
     /// A send of `channel` finished: `answered` is any answer from the
-    /// receiver, as opposed to a transient failure.
-    pub(crate) fn outcome(&self, channel: &str, answered: bool) {
+    /// receiver, as opposed to a transient failure. Returns whether this
+    /// answer lifted the channel's share (the poller may take its rows
+    /// again).
+    pub(crate) fn outcome(&self, channel: &str, answered: bool) -> bool {
         let mut map = self.lock();
         let c = map.entry(channel.to_owned()).or_default();
         let woke = answered && !c.trusted;
@@ -138,6 +140,7 @@ impl Shares {
         if woke {
             self.changed.notify_waiters();
         }
+        woke
     }
 }
 

@@ -380,6 +380,119 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
     assert_eq!((c[Outcome::Sent], c[Outcome::Lost], busy.len()), (1, 0, 0));
 }
 
+/// The rows of several claims are written `sent` in one statement, each
+/// fenced by its own claim's token: a row passed under a token that does
+/// not own it, or whose claim was lost, is left alone; the others are
+/// recorded, and writing each claim again counts them as recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_several_claims_finish_together_each_under_its_own_token() {
+    let db = TestDb::new().await;
+    enqueue(&db, 6).await;
+    let pool = db.store.pool();
+    let ids: Vec<u64> = sqlx::query_scalar("SELECT id FROM notifications ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let regions = vec!["default".to_owned()];
+    let (a, b): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
+    for (token, part) in [(&a, &ids[..3]), (&b, &ids[3..])] {
+        let rows = claim::claim_rows(
+            pool,
+            part,
+            &regions,
+            token,
+            "t",
+            60_000_000,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 3);
+    }
+    let status = |id: u64| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT CAST(status AS CHAR) FROM notifications WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_one(pool)
+    };
+    let history = herald::store::attempts::History::none();
+    let foreign = herald::store::ForeignLocks::default();
+
+    // Both claims' first rows, each under its own token: one statement.
+    let all = finish::finish_sent_together(
+        pool,
+        &[
+            finish::SentClaim {
+                token: &a,
+                ids: &ids[..1],
+            },
+            finish::SentClaim {
+                token: &b,
+                ids: &ids[3..4],
+            },
+        ],
+        &history,
+        &foreign,
+    )
+    .await
+    .unwrap();
+    assert!(all);
+    assert_eq!(status(ids[0]).await.unwrap(), "sent");
+    assert_eq!(status(ids[3]).await.unwrap(), "sent");
+
+    // Row 1 passed under b's token (b does not own it) and row 4 after its
+    // claim was lost: neither changes, the others do.
+    db.exec(&format!(
+        "UPDATE notifications SET claim_token = X'00112233445566778899aabbccddeeff' WHERE id = {}",
+        ids[4]
+    ))
+    .await;
+    let all = finish::finish_sent_together(
+        pool,
+        &[
+            finish::SentClaim {
+                token: &a,
+                ids: &ids[2..3],
+            },
+            finish::SentClaim {
+                token: &b,
+                ids: &[ids[1], ids[4], ids[5]],
+            },
+        ],
+        &history,
+        &foreign,
+    )
+    .await
+    .unwrap();
+    assert!(!all, "two rows did not change");
+    assert_eq!(
+        status(ids[1]).await.unwrap(),
+        "sending",
+        "fenced by the claim that owns it"
+    );
+    assert_eq!(
+        status(ids[4]).await.unwrap(),
+        "sending",
+        "the new owner's row is left alone"
+    );
+    assert_eq!(status(ids[2]).await.unwrap(), "sent");
+    assert_eq!(status(ids[5]).await.unwrap(), "sent");
+
+    // Each claim written again on its own: recorded rows count as sent,
+    // the lost one as lost, and a's row 1 is written now.
+    let c = finish::finish(pool, &a, &[(ids[1], Finish::Sent), (ids[2], Finish::Sent)])
+        .await
+        .unwrap();
+    assert_eq!((c[Outcome::Sent], c[Outcome::Lost]), (2, 0));
+    let c = finish::finish(pool, &b, &[(ids[4], Finish::Sent), (ids[5], Finish::Sent)])
+        .await
+        .unwrap();
+    assert_eq!((c[Outcome::Sent], c[Outcome::Lost]), (1, 1));
+    assert_eq!(status(ids[1]).await.unwrap(), "sent");
+    assert_eq!(status(ids[4]).await.unwrap(), "sending");
+}
+
 /// The worker's peak resident memory in MiB (`VmHWM`).
 fn peak_rss_mib(w: &WorkerProc) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", w.child.id())).unwrap();
