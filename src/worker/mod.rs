@@ -17,7 +17,9 @@
 //!
 //! * [`poll`] — the loop and its round, in named steps: `read_candidates`,
 //!   `lock_batch`, `claim_isolating` (splits a batch around a bad row),
-//!   `dispatch`; plus `pick` and `claim_ahead`.
+//!   `dispatch`; plus `pick`.
+//! * `ahead` — how many rows are claimed beyond the send slots, and when
+//!   the poller tops them up.
 //! * `job` — the types the three tasks hand each other (`ClaimBatch`,
 //!   `Job`, `Done`); below all three, so they never import each other.
 //! * [`send`] — one delivery: checks, the channel's policy (timeout,
@@ -51,6 +53,7 @@
 //! short ([`WorkerHandle::abort_now`]).
 
 pub(crate) mod admission;
+mod ahead;
 pub mod backoff;
 pub(crate) mod board;
 pub(crate) mod busy;
