@@ -11,7 +11,7 @@
 //! with a nanosecond timeout (the kernel's timer slack, ~50 µs, is the
 //! error); every deadline that has passed is woken in one go. The thread
 //! is woken only for a deadline, or for a new one earlier than all others
-//! (see [`Timer`]): the simulation should cost the worker it measures as
+//! (see `Timer`): the simulation should cost the worker it measures as
 //! little as it can.
 
 use std::cmp::Reverse;
