@@ -22,6 +22,33 @@ async fn enqueue(db: &TestDb, n: u64) {
     enqueue_at(db, n, Utc::now() - ChronoDuration::seconds(1)).await;
 }
 
+/// Enqueues `n` due rows; returns their ids, oldest first.
+async fn enqueue_ids(db: &TestDb, n: u64) -> Vec<u64> {
+    enqueue(db, n).await;
+    sqlx::query_scalar("SELECT id FROM notifications ORDER BY id")
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap()
+}
+
+/// Claims `ids` under `token` for a minute, as a worker would; returns
+/// how many rows the claim took.
+async fn claim_under(db: &TestDb, ids: &[u64], token: &[u8; 16]) -> usize {
+    let regions = vec!["default".to_owned()];
+    claim::claim_rows(
+        db.store.pool(),
+        ids,
+        &regions,
+        token,
+        "t",
+        60_000_000,
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+    .len()
+}
+
 async fn enqueue_at(db: &TestDb, n: u64, send_at: chrono::DateTime<Utc>) {
     let limits = Limits::default();
     let items: Vec<NewNotification> = (0..n)
@@ -259,26 +286,10 @@ async fn one_bad_row_fails_alone_and_the_rest_flows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
     let db = TestDb::new().await;
-    enqueue(&db, 8).await;
+    let ids = enqueue_ids(&db, 8).await;
     let pool = db.store.pool();
-    let ids: Vec<u64> = sqlx::query_scalar("SELECT id FROM notifications ORDER BY id")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    let regions = vec!["default".to_owned()];
     let token: [u8; 16] = rand::random();
-    let rows = claim::claim_rows(
-        pool,
-        &ids,
-        &regions,
-        &token,
-        "t",
-        60_000_000,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(rows.len(), 8);
+    assert_eq!(claim_under(&db, &ids, &token).await, 8);
 
     let finishes: Vec<(u64, Finish)> = vec![
         (ids[0], Finish::Sent),
@@ -338,19 +349,7 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
         ids[6], ids[7]
     ))
     .await;
-    let two = [ids[6], ids[7]];
-    let rows = claim::claim_rows(
-        pool,
-        &two,
-        &regions,
-        &token2,
-        "t",
-        60_000_000,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(claim_under(&db, &[ids[6], ids[7]], &token2).await, 2);
     let mut foreign = sqlx::MySqlConnection::connect(&db.url_str()).await.unwrap();
     sqlx::raw_sql(&format!(
         "START TRANSACTION; SELECT id FROM notifications WHERE id = {} FOR UPDATE",
@@ -387,28 +386,11 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_of_several_claims_finish_together_each_under_its_own_token() {
     let db = TestDb::new().await;
-    enqueue(&db, 6).await;
+    let ids = enqueue_ids(&db, 6).await;
     let pool = db.store.pool();
-    let ids: Vec<u64> = sqlx::query_scalar("SELECT id FROM notifications ORDER BY id")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    let regions = vec!["default".to_owned()];
     let (a, b): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
-    for (token, part) in [(&a, &ids[..3]), (&b, &ids[3..])] {
-        let rows = claim::claim_rows(
-            pool,
-            part,
-            &regions,
-            token,
-            "t",
-            60_000_000,
-            &Default::default(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(rows.len(), 3);
-    }
+    assert_eq!(claim_under(&db, &ids[..3], &a).await, 3);
+    assert_eq!(claim_under(&db, &ids[3..], &b).await, 3);
     let status = |id: u64| {
         sqlx::query_scalar::<_, String>(
             "SELECT CAST(status AS CHAR) FROM notifications WHERE id = ?",
