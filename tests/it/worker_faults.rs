@@ -22,6 +22,15 @@ async fn enqueue(db: &TestDb, n: u64) {
     enqueue_at(db, n, Utc::now() - ChronoDuration::seconds(1)).await;
 }
 
+/// Row `id` as another instance leaves it after its lease ran out and it
+/// re-claimed the row: claimed under a token that is not ours.
+async fn another_owner_claims(db: &TestDb, id: u64) {
+    db.exec(&format!(
+        "UPDATE notifications SET claim_token = X'00112233445566778899aabbccddeeff' WHERE id = {id}"
+    ))
+    .await;
+}
+
 /// Enqueues `n` due rows; returns their ids, oldest first.
 async fn enqueue_ids(db: &TestDb, n: u64) -> Vec<u64> {
     enqueue(db, n).await;
@@ -318,11 +327,7 @@ async fn a_retried_finish_counts_rows_it_already_recorded_as_done() {
     );
 
     // A claim that really was lost still counts as lost.
-    db.exec(&format!(
-        "UPDATE notifications SET claim_token = X'00112233445566778899aabbccddeeff' WHERE id = {}",
-        ids[6]
-    ))
-    .await;
+    another_owner_claims(&db, ids[6]).await;
     let c = finish::finish(
         pool,
         &token,
@@ -425,11 +430,7 @@ async fn rows_of_several_claims_finish_together_each_under_its_own_token() {
 
     // Row 1 passed under b's token (b does not own it) and row 4 after its
     // claim was lost: neither changes, the others do.
-    db.exec(&format!(
-        "UPDATE notifications SET claim_token = X'00112233445566778899aabbccddeeff' WHERE id = {}",
-        ids[4]
-    ))
-    .await;
+    another_owner_claims(&db, ids[4]).await;
     let all = finish::finish_sent_together(
         pool,
         &[
