@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlPool, Row};
 use std::fmt::Write;
+use std::time::Duration;
 
 use super::literal;
 
@@ -109,4 +110,45 @@ pub async fn candidates(
     out.sort_by_key(|c| (c.due_at, c.id));
     out.truncate(limit);
     Ok(out)
+}
+
+/// How long until the earliest row of these regions that is not due yet
+/// becomes due (a scheduled row, a retry, a deferred row, or a lease that
+/// runs out), by the database's clock; `None` when there is none.
+///
+/// An idle worker backs off up to the poll interval between reads, so a row
+/// scheduled for 09:00:00 used to go out up to that much later, and a
+/// fleet that went idle together was late on every scheduled burst. One
+/// index dive per (region, status) part tells the idle poller when to look
+/// again. The database's own clock measures the wait, so a worker whose
+/// clock runs ahead or behind still wakes when the row is due there.
+pub async fn next_due(
+    pool: &MySqlPool,
+    regions: &[String],
+) -> Result<Option<Duration>, sqlx::Error> {
+    if regions.is_empty() {
+        return Ok(None);
+    }
+    let mut sql = String::with_capacity(160 * regions.len() + 64);
+    sql.push_str("SELECT TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), MIN(due_at)) FROM (");
+    let mut first = true;
+    for region in regions {
+        for status in ["pending", "sending"] {
+            if !first {
+                sql.push_str(" UNION ALL ");
+            }
+            first = false;
+            sql.push_str("(SELECT MIN(due_at) AS due_at FROM notifications WHERE region = ");
+            literal::text(&mut sql, region);
+            let _ = write!(
+                sql,
+                " AND status = '{status}' AND due_at > UTC_TIMESTAMP(6))"
+            );
+        }
+    }
+    sql.push_str(") AS next");
+    let wait: Option<i64> = sqlx::query_scalar(&sql).fetch_one(pool).await?;
+    Ok(wait
+        .filter(|us| *us > 0)
+        .map(|us| Duration::from_micros(us as u64)))
 }

@@ -106,7 +106,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Ok(round) if round.candidates == 0 && slice.is_some() && spreader.widen() => None,
             Ok(round) if round.claimed > 0 => Some(backoff.partial()),
             Ok(round) if round.candidates > 0 => Some(contended.idle()),
-            Ok(_) => Some(backoff.idle()),
+            Ok(_) => Some(until_next_due(&shared, backoff.idle()).await),
             Err(e) => {
                 shared.deps.metrics.poll_errors.inc();
                 tracing::warn!(error = crate::cause::chain(&e), "poll failed; backing off");
@@ -118,6 +118,22 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shared.stop.cancelled() => return,
             }
+        }
+    }
+}
+
+/// The idle pause, cut short when a row becomes due before it ends, so a
+/// scheduled row goes out on time rather than up to a poll interval late.
+/// Failing to ask only costs that precision: the back-off stands.
+async fn until_next_due(shared: &Shared, idle: Duration) -> Duration {
+    match candidates::next_due(shared.deps.store.pool(), &shared.regions).await {
+        // A millisecond at least: the timer's own resolution, and no spin
+        // on a row that is due a few microseconds from now.
+        Ok(Some(wait)) => idle.min(wait.max(Duration::from_millis(1))),
+        Ok(None) => idle,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the next due time; keeping the idle back-off");
+            idle
         }
     }
 }

@@ -21,6 +21,7 @@ mod limits;
 mod lock;
 mod lock_faults;
 mod mariadb_proc;
+mod on_time;
 mod ops_api;
 mod ops_browser;
 mod ops_commands;
