@@ -33,11 +33,16 @@ pub async fn run(settings: &Settings, params: &Params, w: usize) -> anyhow::Resu
             ),
         ],
         tail,
+        from_start: true,
+    };
+    let baseline = Extras {
+        from_start: true,
+        ..Extras::default()
     };
     let mut pairs = Vec::with_capacity(ROUNDS);
     for round_no in 1..=ROUNDS {
         eprintln!("bench cleanup W={w}: round {round_no}/{ROUNDS}, baseline run (cleanup off)");
-        let base = drain::run(settings, params, w, &Extras::default()).await?;
+        let base = drain::run(settings, params, w, &baseline).await?;
         eprintln!(
             "bench cleanup W={w}: round {round_no}/{ROUNDS}, run with {} old rows and cleanup on",
             params.old_rows

@@ -21,6 +21,57 @@ use crate::store::Store;
 /// How long stopped workers get to drain and exit.
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a fleet may take to start before the run fails.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// Every idle worker polls at least once a poll interval (500 ms by
+/// default); rows ready this long before they fall due have been seen by
+/// all of them.
+const MIN_MARGIN: Duration = Duration::from_millis(600);
+
+/// How far ahead the rows of a timed drain are due: the enqueue and the
+/// flush (measured here at well under 20 µs a row), then [`MIN_MARGIN`]
+/// with room to spare.
+fn release_lead(m: u64) -> chrono::Duration {
+    chrono::Duration::milliseconds(1_000 + (m as i64).saturating_mul(40) / 1_000)
+}
+
+/// Enqueues the drain's `m` rows due at `send_at` and flushes the table;
+/// returns their ids.
+async fn enqueue(
+    db: &BenchDb,
+    params: &Params,
+    label: &str,
+    channel: &str,
+    region: &str,
+    send_at: chrono::DateTime<Utc>,
+    old_max: u64,
+) -> anyhow::Result<Vec<u64>> {
+    eprintln!(
+        "{label}: enqueueing {} notifications for {} users",
+        params.m, params.users
+    );
+    let started = Instant::now();
+    workload::enqueue(
+        &db.store,
+        0,
+        params.m,
+        params.users,
+        channel,
+        region,
+        send_at,
+    )
+    .await?;
+    let expected = workload::ids_after(&db.store, old_max).await?;
+    workload::settle(&db.store).await?;
+    eprintln!(
+        "{label}: enqueued {} in {:.2} s",
+        expected.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(expected)
+}
+
 /// Additions of the cleanup scenario to a plain drain.
 #[derive(Debug, Clone, Default)]
 pub struct Extras {
@@ -30,6 +81,11 @@ pub struct Extras {
     pub cleanup: Vec<(&'static str, String)>,
     /// Keep the workers running this long after the drain.
     pub tail: Duration,
+    /// Enqueue the rows due before the workers start and time from their
+    /// start, start-up included. The cleanup scenario needs it: its
+    /// workers would otherwise delete old rows while the queue is empty
+    /// before the drain, which is not the contest it measures.
+    pub from_start: bool,
 }
 
 /// A drain's report plus what the cleanup scenario needs.
@@ -60,9 +116,19 @@ impl RunDir {
     }
 }
 
+impl RunDir {
+    /// Leaves the directory in place (`--keep`), to read its deliveries.
+    pub fn keep(mut self) {
+        eprintln!("bench: run directory {} (kept)", self.0.display());
+        self.0 = PathBuf::new();
+    }
+}
+
 impl Drop for RunDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -86,28 +152,6 @@ pub async fn run(
     } else {
         0
     };
-    eprintln!(
-        "{label}: enqueueing {} notifications for {} users",
-        params.m, params.users
-    );
-    let channel = if webhook { "webhook" } else { "file" };
-    // A second in the past, so a database clock slightly behind ours still
-    // sees every row as due.
-    let send_at = Utc::now() - chrono::Duration::seconds(1);
-    workload::enqueue(
-        &db.store,
-        0,
-        params.m,
-        params.users,
-        channel,
-        region,
-        send_at,
-    )
-    .await?;
-    let expected = workload::ids_after(&db.store, old_max).await?;
-    workload::settle(&db.store).await?;
-    eprintln!("{label}: enqueued {}; starting workers", expected.len());
-
     let dir = RunDir::new()?;
     let output = dir.output()?;
     let receiver = if webhook {
@@ -126,6 +170,35 @@ pub async fn run(
         cleanup: extras.cleanup.clone(),
         extra: Vec::new(),
     };
+    let channel = if webhook { "webhook" } else { "file" };
+    let (mut fleet, startup, expected, t0) = if extras.from_start {
+        // A second in the past, so a database clock slightly behind ours
+        // still sees every row as due.
+        let send_at = Utc::now() - chrono::Duration::seconds(1);
+        let expected = enqueue(&db, params, &label, channel, region, send_at, old_max).await?;
+        eprintln!("{label}: starting workers");
+        let t0 = Instant::now();
+        let fleet = Fleet::start(settings, w, &env)?;
+        (fleet, None, expected, t0)
+    } else {
+        // As the peer harness times: from the moment every worker is ready
+        // (its `/readyz` answers) and the rows fall due, to the last
+        // finish. The rows are enqueued while the workers idle, all due at
+        // one instant far enough ahead that each worker's idle poll has
+        // seen them and waits for it (it wakes when the next row falls due).
+        eprintln!("{label}: starting workers");
+        let (fleet, startup) = Fleet::start_ready(settings, w, &env, READY_WITHIN).await?;
+        let due = Utc::now() + release_lead(params.m);
+        let expected = enqueue(&db, params, &label, channel, region, due, old_max).await?;
+        let margin = (due - Utc::now()).to_std().unwrap_or_default();
+        if margin < MIN_MARGIN {
+            eprintln!(
+                "{label}: warning: the rows were ready only {margin:?} before they fell due; \
+                 a worker may have polled late and the timing includes it"
+            );
+        }
+        (fleet, Some(startup), expected, Instant::now() + margin)
+    };
     let mut lines = LineCounter::open(&output)?;
     let counted = match params.db_counters {
         true => Some(Snapshot::take(&db.store, &db.name).await?),
@@ -135,8 +208,7 @@ pub async fn run(
         (true, Some(url)) => counters::redis_cpu(url).await,
         _ => None,
     };
-    let t0 = Instant::now();
-    let mut fleet = Fleet::start(settings, w, &env)?;
+    let cpu_before = fleet.cpu();
     let m = expected.len() as u64;
     let (wall, first) = wait_finished(
         &db.store,
@@ -159,7 +231,7 @@ pub async fn run(
     };
     // The rest of the machine's work per row, next to the database's.
     let per_1000 = |d: Duration| round(d.as_secs_f64() * 1e6 / m.max(1) as f64, 1);
-    let workers_cpu = per_1000(fleet.cpu());
+    let workers_cpu = per_1000(fleet.cpu().saturating_sub(cpu_before));
     let redis_cpu = match (redis_before, settings.redis_urls.first()) {
         (Some(a), Some(url)) => counters::redis_cpu(url)
             .await
@@ -183,6 +255,9 @@ pub async fn run(
     let not_sent = workload::not_sent(&db.store, old_max).await?;
     let (dupes, lost) = tally(&expected, delivered, &not_sent);
     db.finish().await?;
+    if params.keep {
+        dir.keep();
+    }
 
     let wall_s = wall.as_secs_f64();
     let jobs_per_s = m as f64 / wall_s;
@@ -209,6 +284,9 @@ pub async fn run(
     };
     if let Some(f) = first {
         report.set("first_delivery_s", round(f.as_secs_f64(), 3));
+    }
+    if let Some(s) = startup {
+        report.set("startup_s", round(s.as_secs_f64(), 3));
     }
     if let Some(work) = work {
         report.set("db_per_1000_rows", serde_json::to_value(work)?);

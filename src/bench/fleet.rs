@@ -37,6 +37,58 @@ impl Fleet {
     /// other `HERALD_*` worker setting, e.g. `HERALD_BATCH_SIZE`, applies),
     /// then the global settings of this invocation and `env` override it.
     pub fn start(settings: &Settings, w: usize, env: &FleetEnv) -> anyhow::Result<Fleet> {
+        Self::spawn(settings, w, env, &[])
+    }
+
+    /// Starts `w` workers as [`Fleet::start`] does, each with its HTTP
+    /// endpoints on a free local port, and waits until every one answers
+    /// `/readyz` (its database and Redis answer): the point where a peer's
+    /// worker prints `READY`. Returns how long that took, the fleet's
+    /// start-up, which the drains report apart from their timing as the
+    /// peer harness does.
+    pub async fn start_ready(
+        settings: &Settings,
+        w: usize,
+        env: &FleetEnv,
+        within: Duration,
+    ) -> anyhow::Result<(Fleet, Duration)> {
+        let started = Instant::now();
+        let mut addrs = Vec::with_capacity(w);
+        for _ in 0..w {
+            // The port is free now; a worker that loses it to another
+            // process exits with the bind error, and check_alive says so.
+            let probe =
+                std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+            addrs.push(probe.local_addr()?);
+        }
+        let mut fleet = Self::spawn(settings, w, env, &addrs)?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        for addr in &addrs {
+            let url = format!("http://{addr}/readyz");
+            loop {
+                fleet.check_alive()?;
+                if let Ok(r) = client.get(&url).send().await {
+                    if r.status().is_success() {
+                        break;
+                    }
+                }
+                if started.elapsed() > within {
+                    bail!("worker at {addr} not ready within {within:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok((fleet, started.elapsed()))
+    }
+
+    fn spawn(
+        settings: &Settings,
+        w: usize,
+        env: &FleetEnv,
+        http: &[std::net::SocketAddr],
+    ) -> anyhow::Result<Fleet> {
         let exe = match &env.exe {
             Some(exe) => exe.clone(),
             None => std::env::current_exe().context("locating the herald executable")?,
@@ -59,7 +111,10 @@ impl Fleet {
                 )
                 .env("HERALD_CONCURRENCY", env.concurrency.to_string())
                 .env("HERALD_FILE_LATENCY_MS", env.file_latency_ms.to_string())
-                .env("HERALD_HTTP_ADDR", "")
+                .env(
+                    "HERALD_HTTP_ADDR",
+                    http.get(i).map(|a| a.to_string()).unwrap_or_default(),
+                )
                 .env("HERALD_STATS_INTERVAL_S", "0")
                 .env("HERALD_LOG", "warn")
                 .env(

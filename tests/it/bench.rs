@@ -38,6 +38,14 @@ async fn bench_s1_small_reports_a_clean_json_line() {
     assert!((rate * wall - 2000.0).abs() < 2000.0 * 0.02, "{stdout}");
     let rss = v["peak_rss_mib"].as_f64().unwrap();
     assert!(rss > 1.0 && rss < 500.0, "{stdout}");
+    // Timed as the peer harness times: the workers' start-up (until every
+    // one answers /readyz) is reported apart, not in wall_s.
+    let startup = v["startup_s"].as_f64().unwrap_or(-1.0);
+    assert!(startup > 0.0 && startup < 60.0, "{stdout}");
+    assert!(
+        !stderr.contains("warning"),
+        "the rows were enqueued in time:\n{stderr}"
+    );
     assert!(
         stderr.contains("enqueueing 2000"),
         "progress on stderr:\n{stderr}"
