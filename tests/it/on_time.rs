@@ -72,3 +72,41 @@ async fn an_idle_worker_sends_scheduled_rows_when_they_fall_due() {
     worker.signal("TERM");
     assert!(worker.wait_exit(Duration::from_secs(30)).await.success());
 }
+
+/// The next due time counts the served regions' pending rows and running
+/// leases that lie ahead, by the database's clock, and nothing else: not
+/// rows already due (the candidate read's), not other regions', not
+/// finished rows.
+#[tokio::test]
+async fn the_next_due_time_is_the_nearest_pending_row_or_lease_ahead() {
+    use herald::store::candidates::next_due;
+    let db = TestDb::new().await;
+    let pool = db.store.pool();
+    let eu = vec!["eu".to_owned()];
+    assert_eq!(next_due(pool, &eu).await.unwrap(), None, "empty table");
+    let row = |region: &str, status: &str, ahead_s: i64| {
+        format!(
+            "INSERT INTO notifications (user_id, channel, region, payload, send_at, due_at, status) \
+             VALUES (1, 'webhook', '{region}', '{{}}', UTC_TIMESTAMP(6), \
+             UTC_TIMESTAMP(6) + INTERVAL {ahead_s} SECOND, '{status}')"
+        )
+    };
+    db.exec(&row("eu", "pending", -5)).await;
+    db.exec(&row("eu", "sent", 2)).await;
+    db.exec(&row("us", "pending", 3)).await;
+    assert_eq!(
+        next_due(pool, &eu).await.unwrap(),
+        None,
+        "nothing ahead in eu"
+    );
+    db.exec(&row("eu", "pending", 60)).await;
+    db.exec(&row("eu", "sending", 20)).await;
+    let within = |d: Option<Duration>, s: u64| {
+        d.is_some_and(|d| d <= Duration::from_secs(s) && d > Duration::from_secs(s - 2))
+    };
+    let d = next_due(pool, &eu).await.unwrap();
+    assert!(within(d, 20), "the lease 20 s ahead: {d:?}");
+    let both = vec!["eu".to_owned(), "us".to_owned()];
+    let d = next_due(pool, &both).await.unwrap();
+    assert!(within(d, 3), "the us row 3 s ahead: {d:?}");
+}
