@@ -24,16 +24,24 @@ pub const STOP_GRACE: Duration = Duration::from_secs(30);
 /// How long a fleet may take to start before the run fails.
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
-/// Every idle worker polls at least once a poll interval (500 ms by
-/// default); rows ready this long before they fall due have been seen by
-/// all of them.
-const MIN_MARGIN: Duration = Duration::from_millis(600);
+/// Every idle worker polls at least once a poll interval: rows ready this
+/// long before they fall due have been seen by all of them. The workers
+/// inherit this process's environment, so its `HERALD_POLL_INTERVAL_MS`
+/// (500 ms unless set) is theirs.
+fn min_margin() -> Duration {
+    let poll_ms = std::env::var("HERALD_POLL_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(500);
+    Duration::from_millis(poll_ms.saturating_add(100))
+}
 
 /// How far ahead the rows of a timed drain are due: the enqueue and the
-/// flush (measured here at well under 20 µs a row), then [`MIN_MARGIN`]
+/// flush (measured here at well under 20 µs a row), then [`min_margin`]
 /// with room to spare.
 fn release_lead(m: u64) -> chrono::Duration {
-    chrono::Duration::milliseconds(1_000 + (m as i64).saturating_mul(40) / 1_000)
+    let margin = min_margin().as_millis() as i64;
+    chrono::Duration::milliseconds(margin + 400 + (m as i64).saturating_mul(40) / 1_000)
 }
 
 /// Enqueues the drain's `m` rows due at `send_at` and flushes the table;
@@ -191,7 +199,7 @@ pub async fn run(
         let due = Utc::now() + release_lead(params.m);
         let expected = enqueue(&db, params, &label, channel, region, due, old_max).await?;
         let margin = (due - Utc::now()).to_std().unwrap_or_default();
-        if margin < MIN_MARGIN {
+        if margin < min_margin() {
             eprintln!(
                 "{label}: warning: the rows were ready only {margin:?} before they fell due; \
                  a worker may have polled late and the timing includes it"
