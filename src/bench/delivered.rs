@@ -44,6 +44,9 @@ pub struct Line {
     pub id: u64,
     pub send_at: DateTime<Utc>,
     pub at_us: u64,
+    /// The simulated latency as slept (`HERALD_FILE_LATENCY_MS` only).
+    #[serde(default)]
+    pub latency_us: Option<u64>,
 }
 
 pub fn read_lines(path: &Path) -> anyhow::Result<Vec<Line>> {

@@ -256,9 +256,16 @@ pub async fn run(
     };
     fleet.stop(STOP_GRACE).await?;
 
+    let mut slept_us = Vec::new();
     let delivered: Vec<u64> = match &receiver {
         Some(r) => r.ids(),
-        None => read_lines(&output)?.into_iter().map(|l| l.id).collect(),
+        None => read_lines(&output)?
+            .into_iter()
+            .map(|l| {
+                slept_us.extend(l.latency_us);
+                l.id
+            })
+            .collect(),
     };
     let not_sent = workload::not_sent(&db.store, old_max).await?;
     let (dupes, lost) = tally(&expected, delivered, &not_sent);
@@ -295,6 +302,20 @@ pub async fn run(
     }
     if let Some(s) = startup {
         report.set("startup_s", round(s.as_secs_f64(), 3));
+    }
+    // The simulated receiver's own overshoot (a sleeper woken late on a
+    // loaded machine) counts against `ideal_ratio`; this is the ratio to
+    // the ideal at the latency the sends actually took.
+    if !slept_us.is_empty() {
+        let mean_ms = slept_us.iter().sum::<u64>() as f64 / slept_us.len() as f64 / 1000.0;
+        report.set("latency_ms_mean", round(mean_ms, 3));
+        report.set(
+            "ideal_ratio_at_latency_slept",
+            round(
+                jobs_per_s / (w as f64 * params.c as f64 * 1000.0 / mean_ms),
+                3,
+            ),
+        );
     }
     if let Some(work) = work {
         report.set("db_per_1000_rows", serde_json::to_value(work)?);

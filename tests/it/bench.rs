@@ -52,6 +52,36 @@ async fn bench_s1_small_reports_a_clean_json_line() {
     );
 }
 
+/// The file channel's simulated latency is reported as slept, next to
+/// the ratio to the ideal at that latency: a sleep never ends early, so
+/// that ratio is never below the plain one.
+#[tokio::test]
+async fn bench_s2_small_reports_the_latency_as_slept() {
+    require_redis().await;
+    let out = herald(None)
+        .env("HERALD_DATABASE_URL", format!("{}/herald", mysql_server()))
+        .args([
+            "bench", "s2", "--json", "--m", "1000", "--w", "1", "--c", "10", "--l-ms", "5",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running herald bench");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (v["dupes"].as_u64(), v["lost"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let slept = v["latency_ms_mean"].as_f64().unwrap();
+    assert!((5.0..10.0).contains(&slept), "{stdout}");
+    let (plain, at_slept) = (
+        v["ideal_ratio"].as_f64().unwrap(),
+        v["ideal_ratio_at_latency_slept"].as_f64().unwrap(),
+    );
+    assert!(at_slept >= plain && at_slept <= 1.01, "{stdout}");
+}
+
 #[test]
 fn bench_rejects_contradicting_scenarios() {
     let out = herald(None)

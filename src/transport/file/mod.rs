@@ -48,6 +48,12 @@ struct Line<'a> {
     /// When the line was written, in unix microseconds: the lag benchmark
     /// compares it with the due time.
     at_us: u64,
+    /// How long the simulated latency actually took, in microseconds (only
+    /// with `HERALD_FILE_LATENCY_MS`): a loaded machine wakes the sleeper
+    /// late, and the S2 benchmark reports how much of its distance from
+    /// the ideal is this simulation's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_us: Option<u64>,
 }
 
 impl FileTransport {
@@ -67,7 +73,7 @@ impl FileTransport {
         &self.path
     }
 
-    fn append(&self, d: &Delivery<'_>) -> std::io::Result<()> {
+    fn append(&self, d: &Delivery<'_>, latency_us: Option<u64>) -> std::io::Result<()> {
         let at_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |t| t.as_micros() as u64);
@@ -83,6 +89,7 @@ impl FileTransport {
                 send_at: d.send_at,
                 payload: d.payload,
                 at_us,
+                latency_us,
             },
         )?;
         line.push(b'\n');
@@ -107,10 +114,13 @@ impl FileTransport {
 impl Transport for FileTransport {
     fn send<'a>(&'a self, d: &'a Delivery<'a>) -> BoxFuture<'a, SendOutcome> {
         Box::pin(async move {
+            let mut slept = None;
             if !self.latency.is_zero() {
+                let started = std::time::Instant::now();
                 latency::sleep(self.latency).await;
+                slept = Some(started.elapsed().as_micros() as u64);
             }
-            match self.append(d) {
+            match self.append(d, slept) {
                 Ok(()) => SendOutcome::Sent,
                 Err(e) => {
                     SendOutcome::transient(format!("appending to {}: {e}", self.path.display()))
