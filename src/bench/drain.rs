@@ -116,19 +116,17 @@ impl RunDir {
         Ok(RunDir(dir))
     }
 
+    /// Leaves the directory in place (`--keep`), to read its deliveries.
+    pub fn keep(mut self) {
+        eprintln!("bench: run directory {} (kept)", self.0.display());
+        self.0 = PathBuf::new();
+    }
+
     /// An empty file the file transport appends to.
     pub fn output(&self) -> anyhow::Result<PathBuf> {
         let path = self.0.join("delivered.jsonl");
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(path)
-    }
-}
-
-impl RunDir {
-    /// Leaves the directory in place (`--keep`), to read its deliveries.
-    pub fn keep(mut self) {
-        eprintln!("bench: run directory {} (kept)", self.0.display());
-        self.0 = PathBuf::new();
     }
 }
 

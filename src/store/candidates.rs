@@ -63,35 +63,28 @@ pub async fn candidates(
     // every condition again under its row locks, so a row seen in a state
     // that is then rolled back costs at most a skipped row.
     sql.push_str("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; ");
-    let mut first = true;
-    for region in regions {
-        for status in ["pending", "sending"] {
-            if !first {
-                sql.push_str(" UNION ALL ");
-            }
-            first = false;
-            sql.push_str("(SELECT id, user_id, due_at FROM notifications WHERE region = ");
-            literal::text(&mut sql, region);
+    union_of_parts(&mut sql, regions, |sql, region, status| {
+        sql.push_str("(SELECT id, user_id, due_at FROM notifications WHERE region = ");
+        literal::text(sql, region);
+        let _ = write!(
+            sql,
+            " AND status = '{status}' AND due_at <= UTC_TIMESTAMP(6)"
+        );
+        if let Some(sl) = slice.filter(|sl| sl.count > 1) {
+            let column = if sl.by_user {
+                "user_id".to_owned()
+            } else {
+                format!("id DIV {SLICE_BLOCK}")
+            };
             let _ = write!(
                 sql,
-                " AND status = '{status}' AND due_at <= UTC_TIMESTAMP(6)"
+                " AND MOD({column}, {}) = {}",
+                sl.count,
+                sl.index % sl.count
             );
-            if let Some(sl) = slice.filter(|sl| sl.count > 1) {
-                let column = if sl.by_user {
-                    "user_id".to_owned()
-                } else {
-                    format!("id DIV {SLICE_BLOCK}")
-                };
-                let _ = write!(
-                    sql,
-                    " AND MOD({column}, {}) = {}",
-                    sl.count,
-                    sl.index % sl.count
-                );
-            }
-            let _ = write!(sql, " ORDER BY due_at, id LIMIT {limit})");
         }
-    }
+        let _ = write!(sql, " ORDER BY due_at, id LIMIT {limit})");
+    });
     let rows = sqlx::raw_sql(&sql).fetch_all(pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -131,6 +124,28 @@ pub async fn next_due(
     }
     let mut sql = String::with_capacity(160 * regions.len() + 64);
     sql.push_str("SELECT TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), MIN(due_at)) FROM (");
+    union_of_parts(&mut sql, regions, |sql, region, status| {
+        sql.push_str("(SELECT MIN(due_at) AS due_at FROM notifications WHERE region = ");
+        literal::text(sql, region);
+        let _ = write!(
+            sql,
+            " AND status = '{status}' AND due_at > UTC_TIMESTAMP(6))"
+        );
+    });
+    sql.push_str(") AS next");
+    let wait: Option<i64> = sqlx::query_scalar(&sql).fetch_one(pool).await?;
+    Ok(wait
+        .filter(|us| *us > 0)
+        .map(|us| Duration::from_micros(us as u64)))
+}
+
+/// `(part) UNION ALL (part) …`: one part per (region, status) range of the
+/// due index `(region, status, due_at, …)`, each written by `part`.
+fn union_of_parts(
+    sql: &mut String,
+    regions: &[String],
+    mut part: impl FnMut(&mut String, &str, &str),
+) {
     let mut first = true;
     for region in regions {
         for status in ["pending", "sending"] {
@@ -138,17 +153,7 @@ pub async fn next_due(
                 sql.push_str(" UNION ALL ");
             }
             first = false;
-            sql.push_str("(SELECT MIN(due_at) AS due_at FROM notifications WHERE region = ");
-            literal::text(&mut sql, region);
-            let _ = write!(
-                sql,
-                " AND status = '{status}' AND due_at > UTC_TIMESTAMP(6))"
-            );
+            part(sql, region, status);
         }
     }
-    sql.push_str(") AS next");
-    let wait: Option<i64> = sqlx::query_scalar(&sql).fetch_one(pool).await?;
-    Ok(wait
-        .filter(|us| *us > 0)
-        .map(|us| Duration::from_micros(us as u64)))
 }
