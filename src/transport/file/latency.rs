@@ -12,10 +12,9 @@
 //! one go. The thread asks the kernel for 1 ns of timer slack instead of
 //! the default 50 µs, which every wait overshot by (on the 2-core machine,
 //! a 20 ms sleep of this thread overshoots ~45 µs at the median, ~100 µs
-//! with the default slack). The thread
-//! is woken only for a deadline, or for a new one earlier than all others
-//! (see `Timer`): the simulation should cost the worker it measures as
-//! little as it can.
+//! with the default slack). The thread is woken only for a deadline, or
+//! for a new one earlier than all others (see `Timer`): the simulation
+//! should cost the worker it measures as little as it can.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -11,7 +11,7 @@ pub mod latency;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -116,7 +116,7 @@ impl Transport for FileTransport {
         Box::pin(async move {
             let mut slept = None;
             if !self.latency.is_zero() {
-                let started = std::time::Instant::now();
+                let started = Instant::now();
                 latency::sleep(self.latency).await;
                 slept = Some(started.elapsed().as_micros() as u64);
             }
