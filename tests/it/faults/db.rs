@@ -63,9 +63,11 @@ async fn fault_kill_query_mid_claim() {
         .unwrap();
 
     let mut locker = sqlx::MySqlConnection::connect(&rig.url).await.unwrap();
+    let sent_before = rig.sent().await;
     let start = db_now();
     let t = Instant::now();
     let mut kills = 0u64;
+    let mut cycles = 0u32;
     // On a loaded machine a fault window can pass without a claim queueing
     // behind the lock; keep going (bounded) until one was caught.
     while t.elapsed() < size.fault || (kills == 0 && t.elapsed() < size.fault * 4) {
@@ -98,11 +100,22 @@ async fn fault_kill_query_mid_claim() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         locker.execute("UNLOCK TABLES").await.unwrap();
+        cycles += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let window = window_since(start);
     locker.close().await.unwrap();
-    assert!(kills > 0, "no claim statement was caught and killed");
+    // Failed once in CI under load, not reproduced since: say what the
+    // workers were doing, so the next failure tells whether the backlog
+    // had run out or the claims never queued behind the lock.
+    let sent_after = rig.sent().await;
+    assert!(
+        kills > 0,
+        "no claim statement was caught and killed in {cycles} lock cycles over {:?}; \
+         rows sent: {sent_before} of {} when the fault began, {sent_after} when it ended",
+        t.elapsed(),
+        rig.rows
+    );
     settle_and_report(
         &rig,
         "kill_query_mid_claim",
