@@ -12,6 +12,7 @@ use super::delivered::{read_lines, tally, LineCounter};
 use super::fleet::{Fleet, FleetEnv};
 use super::receiver::Receiver;
 use super::report::{round, Report};
+use super::slots;
 use super::workload::{self, BenchDb};
 use super::BenchScenario;
 use super::Params;
@@ -254,16 +255,21 @@ pub async fn run(
     };
     fleet.stop(STOP_GRACE).await?;
 
-    let mut slept_us = Vec::new();
+    let lines = match &receiver {
+        Some(_) => Vec::new(),
+        None => read_lines(&output)?,
+    };
+    let slept_us: Vec<u64> = lines.iter().filter_map(|l| l.latency_us).collect();
     let delivered: Vec<u64> = match &receiver {
         Some(r) => r.ids(),
-        None => read_lines(&output)?
-            .into_iter()
-            .map(|l| {
-                slept_us.extend(l.latency_us);
-                l.id
-            })
-            .collect(),
+        None => lines.iter().map(|l| l.id).collect(),
+    };
+    let slot_time = match slept_us.is_empty() {
+        true => None,
+        false => {
+            let owner = workload::claimed_by(&db.store, old_max).await?;
+            slots::slot_time(&lines, &owner, w, params.c, params.l_ms)
+        }
     };
     let not_sent = workload::not_sent(&db.store, old_max).await?;
     let (dupes, lost) = tally(&expected, delivered, &not_sent);
@@ -314,6 +320,9 @@ pub async fn run(
                 3,
             ),
         );
+    }
+    if let Some(t) = slot_time {
+        report.set("slot_time", serde_json::to_value(t)?);
     }
     if let Some(work) = work {
         report.set("db_per_1000_rows", serde_json::to_value(work)?);

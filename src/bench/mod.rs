@@ -14,6 +14,7 @@
 //! * [`fleet`] — the worker child processes (killed on drop).
 //! * [`drain`] — S1/S2/webhook/cleanup: enqueue, start, time, stop, check.
 //! * [`delivered`] — reading what the file transport wrote.
+//! * [`slots`] — where a drain's send slots went (sending, start, tail).
 //! * [`receiver`] — the in-process webhook receiver.
 //! * [`lag`] — steady enqueue, delivery lag percentiles.
 //! * [`cleanup`] — S1 next to S1 with a cleanup backlog.
@@ -54,6 +55,7 @@ pub mod receiver;
 pub mod redis_servers;
 pub mod report;
 pub mod scale;
+pub mod slots;
 pub mod soak;
 pub mod workload;
 

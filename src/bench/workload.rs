@@ -272,6 +272,21 @@ pub async fn not_sent(store: &Store, after_id: u64) -> anyhow::Result<Vec<u64>> 
     )
 }
 
+/// Which worker claimed each row above `after_id` (rows never claimed are
+/// left out).
+pub async fn claimed_by(
+    store: &Store,
+    after_id: u64,
+) -> anyhow::Result<std::collections::HashMap<u64, String>> {
+    let rows: Vec<(u64, String)> = sqlx::query_as(
+        "SELECT id, claimed_by FROM notifications WHERE id > ? AND claimed_by IS NOT NULL",
+    )
+    .bind(after_id)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Rows with an id up to `max_id` (the cleanup backlog still present).
 pub async fn count_up_to(store: &Store, max_id: u64) -> anyhow::Result<u64> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE id <= ?")

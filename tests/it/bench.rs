@@ -80,6 +80,17 @@ async fn bench_s2_small_reports_the_latency_as_slept() {
         v["ideal_ratio_at_latency_slept"].as_f64().unwrap(),
     );
     assert!(at_slept >= plain && at_slept <= 1.01, "{stdout}");
+    // Where the slots went: the parts cover the whole drain, and most of
+    // it was sending.
+    let parts = ["sent", "simulation", "start", "tail", "between"].map(|k| {
+        v["slot_time"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k}: {stdout}"))
+    });
+    assert!(parts.iter().all(|p| *p >= 0.0), "{stdout}");
+    let sum: f64 = parts.iter().sum();
+    assert!((sum - 1.0).abs() < 0.01, "parts add up to {sum}: {stdout}");
+    assert!(parts[0] > 0.5, "{stdout}");
 }
 
 #[test]
