@@ -95,11 +95,6 @@ async fn fault_kill_query_mid_claim() {
                     .is_ok()
                 {
                     kills += 1;
-                    eprintln!(
-                        "DBG kill {id} at {:?} into hold {cycles}, t={:?}",
-                        held.elapsed(),
-                        t.elapsed()
-                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
