@@ -44,7 +44,7 @@ pub fn slot_time(
     let t0 = lines.iter().map(|l| l.send_at.timestamp_micros()).min()? as f64;
     // Per worker: first send started, last delivery, time slept.
     let mut by_worker: HashMap<&str, (f64, f64, f64)> = HashMap::new();
-    let mut slept_total = 0.0;
+    let (mut slept_total, mut sends) = (0.0, 0usize);
     for line in lines {
         let (Some(slept), Some(worker)) = (line.latency_us, owner.get(&line.id)) else {
             continue;
@@ -57,6 +57,7 @@ pub fn slot_time(
         e.1 = e.1.max(end);
         e.2 += slept;
         slept_total += slept;
+        sends += 1;
     }
     let span = by_worker.values().map(|v| v.1).fold(f64::MIN, f64::max) - t0;
     if by_worker.is_empty() || span <= 0.0 {
@@ -74,10 +75,6 @@ pub fn slot_time(
         .values()
         .map(|v| (span - (v.1 - t0)) * slots)
         .sum::<f64>();
-    let sends: usize = lines
-        .iter()
-        .filter(|l| l.latency_us.is_some() && owner.contains_key(&l.id))
-        .count();
     let at_l = sends as f64 * l_ms as f64 * 1000.0;
     let sent = at_l.min(slept_total);
     let simulation = slept_total - sent;
